@@ -1,0 +1,367 @@
+"""`mailcare run`: the intake loop, the outbox thread, signals and systemd.
+
+Shape of one iteration (after Mailman's runner): feed the watchdog, apply a pending reload,
+make sure IMAP is connected, drain everything new in batches (each batch one SQLite
+transaction, marked on the server only after COMMIT), then wait in IDLE or poll. An IMAP
+outage is one log line when it starts and one when it ends, with capped backoff between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from . import config as config_mod
+from . import metrics
+from . import pipeline
+from .config import Settings
+from .imap import Backoff, Fetched, ImapAuthError, ImapError, ImapSource, ImapUnavailable
+from .mail import Mail
+from .oauth import token_source
+from .outbox import OutboxWorker
+from .store import Store, StoreError, instance_lock
+from .systemd import Notifier
+
+log = logging.getLogger("mailcare")
+
+
+class Stop(Exception):
+    """Raised inside waits when a stop was requested."""
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+        once: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.once = once
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.processed = 0
+        self.ready = False
+        self.outbox: OutboxWorker | None = None
+        self.engine: pipeline.Engine | None = None
+        self._source: ImapSource | None = None
+        self._outage_since: float | None = None
+        self.on_batch: Callable[[list[pipeline.plan_mod.Plan]], None] | None = None
+
+    # -- public ------------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        self.stop_event.set()
+
+    def request_reload(self, *_: object) -> None:
+        self.reload_event.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._signal_stop)
+        signal.signal(signal.SIGINT, self._signal_stop)
+        signal.signal(signal.SIGHUP, self._signal_reload)
+
+    def _signal_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.request_stop()
+
+    def _signal_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.request_reload()
+
+    def run(self) -> int:
+        """Run until stopped; exit code 0 on a clean stop."""
+        cfg = self.settings.mailcare
+        with instance_lock(cfg.state_dir):
+            store = Store(pipeline.state_db(self.settings))
+            problem = store.check()
+            if problem != "ok":
+                raise StoreError(f"{store.path}: integrity check failed: {problem}")
+            self.engine = pipeline.Engine.load(self.settings)
+            if self.settings.metrics.listen:
+                metrics.serve(self.settings.metrics.listen)
+            self._start_outbox()
+            try:
+                self._loop(store)
+            finally:
+                self.notifier.stopping()
+                if self._source is not None:
+                    self._source.close()
+                if self.outbox is not None:
+                    self.outbox.stop()
+                store.close()
+                log.info("event=stopped processed=%d", self.processed)
+        return 0
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def _start_outbox(self) -> None:
+        if self.settings.mailcare.mode == "shadow":
+            log.info("event=shadow_mode sending=off marking=off")
+            return
+        smtp = self.settings.smtp
+        db = pipeline.state_db(self.settings)
+        self.outbox = OutboxWorker(
+            lambda: Store(db),
+            smtp,
+            password=smtp.password.get_secret_value() if smtp.password else None,
+            token_command=token_source(smtp.auth, smtp.oauth2_token_command),
+            on_sent=self._on_sent,
+            clock=self.clock,
+        )
+        self.outbox.start()
+
+    def _on_sent(self, row: object, at: float) -> None:
+        kind = getattr(row, "kind", "")
+        metrics.sent.labels(kind).inc()
+        if kind == "ack":
+            metrics.ack_latency.observe(max(0.0, at - getattr(row, "created_at", at)))
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _loop(self, store: Store) -> None:
+        backoff = Backoff(cap=self.settings.imap.reconnect_max)
+        while not self.stop_event.is_set():
+            self.notifier.watchdog()
+            if self.reload_event.is_set():
+                self._reload()
+            try:
+                source = self._connected(store)
+                backoff.reset()
+                if self._drain(source, store):
+                    continue
+                if self.once:
+                    return
+                self._wait(source)
+            except ImapAuthError as exc:
+                self._outage("imap_auth_failed", exc)
+                self._sleep(max(backoff.next_delay(), 30.0 if not self.once else 0.5))
+            except (ImapUnavailable, ImapError, OSError) as exc:
+                self._outage("imap_unavailable", exc)
+                self._sleep(backoff.next_delay())
+            if self.once and self._outage_since is not None:
+                return
+
+    def _connected(self, store: Store) -> ImapSource:
+        if self._source is not None:
+            return self._source
+        imap = self.settings.imap
+        source = ImapSource(
+            imap,
+            password=imap.password.get_secret_value() if imap.password else None,
+            token_command=token_source(imap.auth, imap.oauth2_token_command),
+            max_message_bytes=self.settings.limits.max_message_bytes,
+            logger=log,
+        )
+        try:
+            uidvalidity = source.connect()
+        except BaseException:
+            source.close()
+            raise
+        self._source = source
+        self._sync_uidvalidity(store, uidvalidity)
+        if self._outage_since is not None:
+            log.info("event=imap_recovered after=%.0fs", self.clock() - self._outage_since)
+            metrics.reconnects.inc()
+            self._outage_since = None
+        if not self.ready:
+            self.ready = True
+            self.notifier.ready(self._status(store))
+            log.info("event=ready folder=%s uidvalidity=%d", imap.folder, uidvalidity)
+        return source
+
+    def _sync_uidvalidity(self, store: Store, uidvalidity: int) -> None:
+        folder = self.settings.imap.folder
+        known = store.folder(folder)
+        self._uidvalidity = uidvalidity
+        if known is not None and known[0] != uidvalidity:
+            # UIDs restart: rescan everything; Message-ID/content dedupe keeps it harmless (I01).
+            log.warning("event=uidvalidity_changed folder=%s old=%d new=%d", folder, known[0],
+                        uidvalidity)
+        if known is None or known[0] != uidvalidity:
+            with store.batch():
+                store.set_folder(folder, uidvalidity, 0, self.clock())
+
+    def _outage(self, event: str, exc: BaseException) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+        if self._outage_since is None:
+            self._outage_since = self.clock()
+            log.error("event=%s host=%s error=%s (retrying with backoff)", event,
+                      self.settings.imap.host, exc)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in short slices so the watchdog keeps being fed and stop is prompt."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.notifier.watchdog()
+            self.stop_event.wait(min(left, 0.5))
+
+    def _wait(self, source: ImapSource) -> None:
+        slice_ = 1.0 if self.notifier.watchdog_interval else 5.0
+        source.wait(min(slice_, self.settings.imap.poll_interval)
+                    if not self.settings.imap.idle else slice_)
+
+    # -- draining ----------------------------------------------------------------------
+
+    def _drain(self, source: ImapSource, store: Store) -> bool:
+        """Process everything after the stored progress mark; True when anything was done."""
+        folder = self.settings.imap.folder
+        known = store.folder(folder)
+        last_uid = known[1] if known else 0
+        uids = [uid for uid in source.uids_after(last_uid) if uid > last_uid]
+        if not uids:
+            return False
+        size = self.settings.imap.batch_size
+        for start in range(0, len(uids), size):
+            if self.stop_event.is_set():
+                break
+            self.notifier.watchdog()
+            self._batch(source, store, uids[start : start + size])
+        self.notifier.status(self._status(store))
+        return True
+
+    def _batch(self, source: ImapSource, store: Store, uids: Sequence[int]) -> None:
+        assert self.engine is not None
+        folder = self.settings.imap.folder
+        fetched = source.fetch(uids)
+        started = time.perf_counter()
+        mails = [self._parse(item) for item in fetched]
+        plans = []
+        done: list[int] = []
+        quarantine: list[int] = []
+        progress = None
+        blocked = False
+        now = self.clock()
+        with store.batch():
+            for item, mail in zip(fetched, mails, strict=True):
+                ok = self._one(store, item, mail, now, plans, quarantine)
+                if ok:
+                    done.append(item.uid)
+                if not ok and item.uid not in quarantine:
+                    blocked = True
+                if not blocked:
+                    progress = item.uid
+            if progress is not None:
+                store.set_folder(folder, self._uidvalidity, progress, now)
+        self._after_commit(source, store, done, quarantine, plans)
+        if fetched:
+            metrics.processing_seconds.observe((time.perf_counter() - started) / len(fetched))
+
+    def _parse(self, item: Fetched) -> Mail:
+        assert self.engine is not None
+        limits = self.settings.limits
+        raw = item.raw
+        note = ""
+        if raw is None:
+            note = f"too large: {item.size} bytes (limit {limits.max_message_bytes}); headers only"
+        elif raw.count(b"Content-Type:") + raw.count(b"content-type:") > limits.max_mime_parts:
+            note = f"too many MIME parts (limit {limits.max_mime_parts}); headers only"
+        if not note:
+            assert raw is not None
+            return pipeline.parse(self.engine, raw)
+        head = item.headers or _header_block(raw or b"")
+        mail = pipeline.parse(self.engine, head + b"\r\n")
+        return dataclasses.replace(mail, defects=(*mail.defects, note))
+
+    def _one(self, store: Store, item: Fetched, mail: Mail, now: float,
+             plans: list[pipeline.plan_mod.Plan], quarantine: list[int]) -> bool:
+        """Process one mail inside a savepoint; a failure rolls back only this mail."""
+        assert self.engine is not None
+        folder = self.settings.imap.folder
+        if store.has_uid(folder, self._uidvalidity, item.uid):
+            return True
+        try:
+            with store.db.atomic():
+                plan = pipeline.process(store, self.engine, mail, now=now, folder=folder,
+                                        uidvalidity=self._uidvalidity, uid=item.uid)
+        except Exception as exc:  # one bad mail must never stop the loop
+            attempts = store.record_failure(folder, self._uidvalidity, item.uid, repr(exc))
+            log.exception("event=process_failed uid=%d message_id=%s attempt=%d error=%r",
+                          item.uid, mail.message_id, attempts, exc)
+            metrics.processed.labels("failed").inc()
+            if attempts >= self.settings.limits.quarantine_after:
+                quarantine.append(item.uid)
+            return False
+        plans.append(plan)
+        self.processed += 1
+        return True
+
+    def _after_commit(self, source: ImapSource, store: Store, done: list[int],
+                      quarantine: list[int], plans: list[pipeline.plan_mod.Plan]) -> None:
+        assert self.engine is not None
+        for plan in plans:
+            for line in plan.log_lines():
+                log.info(line)
+            pipeline.record_corrections(self.engine, plan)
+            metrics.record_plan(plan.actions, [(e.kind, str(e.detail.get("reason", "")))
+                                               for e in plan.events], plan.new)
+        if self.outbox is not None and any(p.outgoing for p in plans):
+            self.outbox.wake()
+        if self.on_batch is not None:
+            self.on_batch(plans)
+        if self.settings.mailcare.mode == "shadow":
+            return
+        if done:
+            source.mark_processed(done)
+        if quarantine:
+            source.quarantine(quarantine)
+            with store.batch():
+                for uid in quarantine:
+                    store.set_quarantined(self.settings.imap.folder, self._uidvalidity, uid)
+            log.error("event=quarantined uids=%s folder=%s", quarantine,
+                      self.settings.imap.quarantine_folder)
+
+    def _status(self, store: Store) -> str:
+        pending, oldest = store.outbox_depth(self.clock())
+        metrics.outbox_depth.set(pending)
+        metrics.outbox_oldest.set(oldest)
+        return f"processed {self.processed} mails; outbox {pending} pending"
+
+    # -- reload ------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """SIGHUP: new config, templates and scope model, or keep the old ones."""
+        self.reload_event.clear()
+        if self.config_path is None:
+            return
+        try:
+            settings = config_mod.load(self.config_path)
+            engine = pipeline.Engine.load(settings)
+        except Exception as exc:  # a bad new config must not stop a running service
+            log.error("event=reload_rejected error=%s", exc)
+            return
+        imap_changed = settings.imap != self.settings.imap
+        smtp_changed = settings.smtp != self.settings.smtp
+        self.settings, self.engine = settings, engine
+        if imap_changed and self._source is not None:
+            self._source.close()
+            self._source = None
+        if smtp_changed or settings.mailcare.mode != self.settings.mailcare.mode:
+            if self.outbox is not None:
+                self.outbox.stop()
+                self.outbox = None
+            self._start_outbox()
+        log.info("event=reloaded imap_reconnect=%s", imap_changed)
+
+
+def _header_block(raw: bytes) -> bytes:
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        head, found, _ = raw.partition(separator)
+        if found:
+            return head + b"\r\n"
+    return raw[:65536]

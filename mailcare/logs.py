@@ -1,0 +1,51 @@
+"""Log lines for people (journald adds the time) or JSON lines for machines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = _fields(data["message"])
+        if fields:
+            data["fields"] = fields
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def _fields(message: str) -> dict[str, str]:
+    """`case=1042 action=ack to=x` → {"case": "1042", …}, so JSON users can filter."""
+    out: dict[str, str] = {}
+    for part in message.split(" "):
+        key, sep, value = part.partition("=")
+        if sep and key.isidentifier():
+            out[key] = value
+    return out
+
+
+def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):
+        # journald records the time and the unit; the level becomes a syslog-style prefix.
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("imapclient", "aiosmtplib", "mail.log", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,164 @@
+"""Drain the outbox table through SMTP: retries with backoff, permanent failures recorded.
+
+Every row already holds the final bytes and a fixed Message-ID, so a resend after a crash
+between the server's 250 and our commit is recognisable as the same mail (O06). A case's
+mails leave in the order they were queued: `Store.due_outbox` holds back a case's later
+rows while an earlier one waits for a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .config import SmtpSection
+from .smtp import SmtpPermanent, SmtpSender, SmtpTemporary
+from .store import OutboxRow, Store
+
+log = logging.getLogger("mailcare.outbox")
+
+
+def retry_delay(section: SmtpSection, attempts: int) -> float:
+    """Capped exponential backoff with jitter: 30 s, 60 s, 120 s … up to retry_max."""
+    base = min(section.retry_max, section.retry_base * (2 ** max(0, attempts - 1)))
+    return base * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class OutboxStats:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class OutboxWorker:
+    """Runs in its own thread with its own asyncio loop and its own store connection."""
+
+    def __init__(
+        self,
+        store_factory: Callable[[], Store],
+        section: SmtpSection,
+        *,
+        password: str | None,
+        token_command: Callable[[], str] | None = None,
+        on_sent: Callable[[OutboxRow, float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store_factory = store_factory
+        self.section = section
+        self._password = password
+        self._token_command = token_command
+        self._on_sent = on_sent
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stats = OutboxStats()
+        self._outage = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """New rows were committed: send now rather than at the next tick."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        store = self._store_factory()
+        sender = SmtpSender(self.section, password=self._password,
+                            token_command=self._token_command)
+        try:
+            while not self._stop.is_set():
+                sent_any = await self.drain_once(store, sender)
+                if not sent_any:
+                    await asyncio.to_thread(self._wake.wait, 1.0)
+                    self._wake.clear()
+        finally:
+            await sender.close()
+            store.close()
+
+    async def drain_once(self, store: Store, sender: SmtpSender, limit: int = 200) -> bool:
+        """Send every due row once; True when something was attempted."""
+        rows = store.due_outbox(self._clock(), limit)
+        if not rows:
+            return False
+        parallel = max(1, self.section.connections)
+        if parallel == 1 or len(rows) == 1:
+            for row in rows:
+                await self._send_one(store, sender, row)
+                if self._stop.is_set():
+                    break
+            return True
+        # Rows from due_outbox are at most one per case, so sending them concurrently keeps
+        # each case's order. Extra connections are opened lazily and closed after the burst.
+        senders = [sender] + [
+            SmtpSender(self.section, password=self._password, token_command=self._token_command)
+            for _ in range(min(parallel, len(rows)) - 1)
+        ]
+        queue: asyncio.Queue[OutboxRow] = asyncio.Queue()
+        for row in rows:
+            queue.put_nowait(row)
+
+        async def work(client: SmtpSender) -> None:
+            while not queue.empty() and not self._stop.is_set():
+                await self._send_one(store, client, queue.get_nowait())
+
+        await asyncio.gather(*(work(client) for client in senders))
+        for extra in senders[1:]:
+            await extra.close()
+        return True
+
+    async def _send_one(self, store: Store, sender: SmtpSender, row: OutboxRow) -> None:
+        now = self._clock()
+        try:
+            result = await sender.send(row.envelope_from, row.recipients, row.data)
+        except SmtpTemporary as exc:
+            self._temporary(store, row, now, str(exc))
+            return
+        except SmtpPermanent as exc:
+            store.outbox_failed(row, now, str(exc))
+            self.stats.failed += 1
+            log.warning("case=%s action=send_failed kind=%s to=%s reason=%s",
+                        row.case_number, row.kind, ",".join(row.recipients), exc)
+            return
+        if self._outage:
+            log.info("event=smtp_recovered")
+            self._outage = False
+        refused = {k: list(v) for k, v in result.refused.items()}
+        store.outbox_sent(row, self._clock(), refused)
+        self.stats.sent += 1
+        self.stats.by_kind[row.kind] = self.stats.by_kind.get(row.kind, 0) + 1
+        log.info("case=%s action=sent kind=%s to=%s message_id=%s%s", row.case_number, row.kind,
+                 ",".join(result.accepted), row.message_id,
+                 f" refused={','.join(refused)}" if refused else "")
+        if self._on_sent is not None:
+            self._on_sent(row, self._clock())
+
+    def _temporary(self, store: Store, row: OutboxRow, now: float, error: str) -> None:
+        if now - row.created_at > self.section.give_up_after:
+            store.outbox_failed(row, now, f"gave up after {row.attempts + 1} attempts: {error}")
+            self.stats.failed += 1
+            return
+        delay = retry_delay(self.section, row.attempts + 1)
+        store.outbox_retry(row, now, now + delay, error)
+        self.stats.retried += 1
+        if not self._outage:
+            log.warning("event=smtp_temporary_failure case=%s error=%s retry_in=%.0fs",
+                        row.case_number, error, delay)
+            self._outage = True

@@ -1,0 +1,213 @@
+"""One message's way through the house: parse, thread, gather facts, plan, apply.
+
+This is the seam between the pure core and the store. The daemon calls it for every
+fetched mail inside a batch transaction; `mailcare replay` calls it against a scratch copy
+of the store. Nothing here talks to IMAP or SMTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets as random_secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import mail as mail_mod
+from . import plan as plan_mod
+from . import threads
+from .compose import Templates
+from .config import Settings
+from .hours import BusinessHours
+from .resources import templates_dir
+from .store import Store
+
+DAY = 86400.0
+log = logging.getLogger("mailcare")
+
+
+@dataclass
+class Engine:
+    """The long-lived things a decision needs; rebuilt as a whole on SIGHUP."""
+
+    settings: Settings
+    secret: bytes
+    templates: Templates
+    hours: BusinessHours
+    scope: Any = None
+
+    @classmethod
+    def load(cls, settings: Settings, *, train: bool = True) -> Engine:
+        cfg = settings.mailcare
+        templates = Templates(
+            templates_dir(settings), languages=cfg.languages, default_language=cfg.default_language
+        )
+        model = None
+        if train and settings.scope.categories:
+            from .scope import load_or_train
+
+            model = load_or_train(settings.scope, cfg.state_dir / "models")
+        return cls(settings, load_secret(settings), templates, BusinessHours(settings.hours), model)
+
+    @property
+    def agent_addresses(self) -> frozenset[str]:
+        return frozenset(a.address for a in self.settings.agents)
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The HMAC key for tokens: from config, a file, or generated once in state_dir."""
+    cfg = settings.mailcare
+    if cfg.secret is not None:
+        return cfg.secret.get_secret_value().encode()
+    path = cfg.secret_file or cfg.state_dir / "secret"
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = random_secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(value)
+    return value
+
+
+def parse(engine: Engine, raw: bytes) -> mail_mod.Mail:
+    cfg = engine.settings.mailcare
+    return mail_mod.parse(
+        raw,
+        languages=cfg.languages,
+        default_language=cfg.default_language,
+        max_header_bytes=engine.settings.limits.max_header_bytes,
+    )
+
+
+def process(
+    store: Store,
+    engine: Engine,
+    mail: mail_mod.Mail,
+    *,
+    now: float,
+    folder: str = "",
+    uidvalidity: int | None = None,
+    uid: int | None = None,
+) -> plan_mod.Plan:
+    """Decide and apply one mail. Call inside `store.batch()`."""
+    cfg = engine.settings.mailcare
+    env = plan_mod.Env(
+        settings=engine.settings,
+        secret=engine.secret,
+        templates=engine.templates,
+        hours=engine.hours,
+        now=now,
+        scope=engine.scope,
+        folder=folder,
+        uidvalidity=uidvalidity,
+        uid=uid,
+    )
+    if store.has_message(mail.message_id):
+        match = threads.Match(None, "duplicate", False, False, None, None, "already stored")
+        return plan_mod.decide(mail, match, _duplicate_facts(), env)
+    lookup = threads.lookup(
+        mail, case_tag=cfg.case_tag, support_address=cfg.support_address, secret=engine.secret
+    )
+    context = store.resolve(lookup)
+    match = threads.match(
+        mail,
+        context,
+        case_tag=cfg.case_tag,
+        support_address=cfg.support_address,
+        secret=engine.secret,
+        reopen_days=cfg.reopen_days,
+        now=now,
+        agents=engine.agent_addresses,
+    )
+    facts = gather(store, engine, mail, match, now)
+    plan = plan_mod.decide(mail, match, facts, env)
+    store.apply(plan, now=now)
+    return plan
+
+
+def _duplicate_facts() -> plan_mod.Facts:
+    return plan_mod.Facts(
+        duplicate=True, next_case_number=0, case=None, case_row=None, customer_ids=(),
+        open_counts={}, last_assigned=None, previous_owner=None, sent_to_sender=(),
+        sent_for_case=(), suppressed_until=None,
+    )
+
+
+def gather(
+    store: Store, engine: Engine, mail: mail_mod.Mail, match: threads.Match, now: float
+) -> plan_mod.Facts:
+    """Look up what the plan needs once the case is known."""
+    settings = engine.settings
+    sender = mail.sender.addr if mail.sender else ""
+    limits = settings.limits
+    row: dict[str, Any] | None = None
+    customer_ids: tuple[str, ...] = ()
+    last_take = None
+    if match.case is not None:
+        row = store.case(match.case)
+        if row is not None:
+            row["first_text"] = store.first_customer_text(match.case)
+            customer_ids = store.customer_message_ids(match.case)
+            last_take = store.last_take(match.case)
+    new = match.case is None
+    return plan_mod.Facts(
+        duplicate=False,
+        next_case_number=store.next_case_number() if new else 0,
+        case=None,
+        case_row=row,
+        customer_ids=customer_ids,
+        open_counts=store.open_counts() if new else {},
+        last_assigned=store.meta("rr_last") or None,
+        previous_owner=(
+            store.previous_owner(sender, now - settings.owners.sticky_days * DAY)
+            if new and sender
+            else None
+        ),
+        sent_to_sender=store.automatic_sent(to_addr=sender, since=now - limits.per_sender_window)
+        if sender
+        else (),
+        sent_for_case=store.automatic_sent(case=match.case, since=now - limits.per_case_window)
+        if match.case is not None
+        else (),
+        suppressed_until=store.suppressed_until(sender, now) if sender else None,
+        last_take=last_take,
+    )
+
+
+def record_corrections(engine: Engine, plan: plan_mod.Plan) -> None:
+    """After commit: an owner's #scope correction becomes a training example."""
+    if not plan.corrections:
+        return
+    from .scope import Example, append_example
+
+    path = engine.settings.scope.examples_dir / "corrections.jsonl"
+    for subject, body, category in plan.corrections:
+        try:
+            append_example(path, Example(subject=subject, body=body, category=category))
+        except OSError as exc:
+            log.warning("event=correction_not_saved path=%s error=%s", path, exc)
+
+
+def scratch_copy(source: Path, target: Path) -> None:
+    """A consistent copy of a live database (SQLite backup API), for replay."""
+    import sqlite3
+
+    src = sqlite3.connect(str(source))
+    dst = sqlite3.connect(str(target))
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+def state_db(settings: Settings) -> Path:
+    return settings.mailcare.state_dir / "mailcare.db"
+
+
+def with_paths(settings: Settings, **updates: Any) -> Settings:
+    """A copy of settings with [mailcare] keys replaced (demo and replay use it)."""
+    core = settings.mailcare.model_copy(update=updates)
+    return settings.model_copy(update={"mailcare": core})

@@ -1,0 +1,497 @@
+"""Is a new case ours? Rules first, then a text model, with an abstain band.
+
+A wrong "not ours" costs a customer while a wrong "ours" costs an agent a minute, so the
+decision is lopsided on purpose: a rule hit is certain (admins write only rules they would
+sign), the model must clear `threshold` to decide at all, the in-categories' probabilities
+are summed before they are compared (five small "ours" beat one middling "not ours"), and
+"not ours" or "route" must also beat "ours" by `margin`. Everything else is `unsure` and a
+person looks.
+
+The model is a scikit-learn pipeline trained in seconds from the JSONL examples in
+`classifiers/`: word 1-2-grams and character 2-5-grams (so Italian inflections, English and
+typos all land on shared features) feeding a linear SVM whose scores are calibrated into
+probabilities by cross-validation. Only the bottom of the module (`load_or_train`) touches
+files; the rest works on plain strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.svm import LinearSVC
+
+from mailcare.config import ScopeCategory, ScopeSection
+
+# Bump when the features, the estimator or the decision inputs change: it is part of the
+# cache key, so an upgraded daemon never loads a model an older one pickled.
+MODEL_VERSION = "1"
+
+KINDS = ("in", "out", "route")
+DEFAULT_THRESHOLD = 0.75
+DEFAULT_MARGIN = 0.5
+# How many model terms a reason names; enough for an agent to see why, short for a log line.
+REASON_TERMS = 3
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled mail: the unit of training, of corrections and of evaluation."""
+
+    subject: str
+    body: str
+    category: str
+    lang: str = ""
+
+    @property
+    def document(self) -> str:
+        return document(self.subject, self.body)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What scope says about a case, with enough reason for an agent to overrule it."""
+
+    kind: str  # "in" | "out" | "route" | "unsure"
+    category: str  # best category ("" when unsure with no leaning)
+    confidence: float  # 0..1
+    reason: str  # "rule: keyword 'stampante' (device)" / "model: p=0.93; terms: fibra, linea"
+    queue: str  # for in: the category's queue (or the category name); else ""
+
+
+def document(subject: str, text: str) -> str:
+    """The string the model sees: the subject carries as much signal as a short body."""
+    return f"{subject.strip()}\n{text.strip()}".strip()
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form: customers write `perche`, `perché` and `PERCHE'`."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def normalize(text: str) -> str:
+    """Model preprocessing: folded, and every number the same token.
+
+    Customer codes, invoice numbers and dates say nothing about scope but would otherwise
+    become thousands of one-off features.
+    """
+    return _DIGITS.sub("0", fold(text))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class RuleHit:
+    category: str
+    what: str  # "keyword 'stampante'", "regex '...'", "sender 'x@y'"
+
+
+def _keyword_pattern(keyword: str) -> re.Pattern[str]:
+    """A whole-word, whole-phrase match: `pec` must not fire inside `specifico`."""
+    words = [re.escape(word) for word in fold(keyword).split()]
+    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)")
+
+
+def _sender_matches(rule: str, sender: str) -> bool:
+    """`a@b.it` matches that address; `b.it` or `@b.it` match the domain and its subdomains."""
+    rule = rule.strip().lower()
+    if "@" in rule and not rule.startswith("@"):
+        return sender == rule
+    domain = rule.lstrip("@")
+    sender_domain = sender.rpartition("@")[2]
+    return bool(domain) and (sender_domain == domain or sender_domain.endswith("." + domain))
+
+
+def _category_hits(name: str, category: ScopeCategory, folded: str, raw: str, sender: str) -> list[RuleHit]:
+    hits = [
+        RuleHit(name, f"keyword '{kw}'")
+        for kw in category.keywords
+        if kw.strip() and _keyword_pattern(kw).search(folded)
+    ]
+    hits += [
+        RuleHit(name, f"regex '{rx}'")
+        for rx in category.regex
+        if re.search(rx, raw, re.IGNORECASE) or re.search(rx, folded, re.IGNORECASE)
+    ]
+    hits += [
+        RuleHit(name, f"sender '{rule}'")
+        for rule in category.senders
+        if sender and _sender_matches(rule, sender)
+    ]
+    return hits
+
+
+def rule_hits(
+    categories: Mapping[str, ScopeCategory], *, subject: str, text: str, sender: str
+) -> list[RuleHit]:
+    """Every rule of every category that matches, in config order."""
+    raw = document(subject, text)
+    folded = fold(raw)
+    address = sender.strip().lower()
+    hits: list[RuleHit] = []
+    for name, category in categories.items():
+        hits += _category_hits(name, category, folded, raw, address)
+    return hits
+
+
+def rule_decision(
+    categories: Mapping[str, ScopeCategory], *, subject: str, text: str, sender: str
+) -> Decision | None:
+    """The certain decision when the rules agree on one category; None otherwise.
+
+    Rules of two categories firing together ("the printer works, the fibre does not") are
+    not certain any more, so the model decides that mail.
+    """
+    hits = rule_hits(categories, subject=subject, text=text, sender=sender)
+    names = {hit.category for hit in hits}
+    if len(names) != 1:
+        return None
+    name = names.pop()
+    kind = categories[name].kind
+    return Decision(
+        kind=kind,
+        category=name,
+        confidence=1.0,
+        reason=f"rule: {hits[0].what} ({name})",
+        queue=_queue(name, categories[name]) if kind == "in" else "",
+    )
+
+
+def _queue(name: str, category: ScopeCategory | None) -> str:
+    return (category.queue if category is not None else "") or name
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_pipeline(n_splits: int) -> Pipeline:
+    """Features and estimator; `n_splits` folds calibrate the SVM scores into probabilities."""
+    words = TfidfVectorizer(
+        preprocessor=normalize, analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1
+    )
+    chars = TfidfVectorizer(
+        preprocessor=normalize, analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
+        min_df=2,
+    )
+    svm = LinearSVC(C=0.5, class_weight="balanced")
+    calibrated = CalibratedClassifierCV(svm, method="sigmoid", cv=n_splits, ensemble=False)
+    return Pipeline([("features", FeatureUnion([("words", words), ("chars", chars)])),
+                     ("classifier", calibrated)])
+
+
+@dataclass
+class ScopeModel:
+    """A trained pipeline plus the config that turns its probabilities into decisions."""
+
+    pipeline: Pipeline
+    kinds: dict[str, str]
+    categories: dict[str, ScopeCategory] = field(default_factory=dict)
+    threshold: float = DEFAULT_THRESHOLD
+    margin: float = DEFAULT_MARGIN
+    examples: int = 0
+    origin: str = "trained"  # or "cache": which path load_or_train took
+
+    @classmethod
+    def train(
+        cls,
+        examples: Sequence[Example],
+        categories: Mapping[str, ScopeCategory] | None,
+        *,
+        kinds: Mapping[str, str] | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        margin: float = DEFAULT_MARGIN,
+    ) -> ScopeModel:
+        """Fit on the examples; `kinds` names in/out/route when there are no categories.
+
+        Without categories and kinds every label counts as "in", which is the safe reading.
+        """
+        known = dict(categories or {})
+        kind_map = _kind_map(examples, known, kinds)
+        pipeline = fit_pipeline(examples)
+        return cls(pipeline, kind_map, known, threshold, margin, examples=len(examples))
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(label) for label in self.pipeline.classes_]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Per-class probabilities, columns in `classes` order."""
+        return np.asarray(self.pipeline.predict_proba(list(texts)))
+
+    def decide(self, *, subject: str, text: str, sender: str = "") -> Decision:
+        """Rules first, then the model with the threshold, the margin and in-wins."""
+        ruled = rule_decision(self.categories, subject=subject, text=text, sender=sender)
+        if ruled is not None:
+            return ruled
+        doc = document(subject, text)
+        if not fold(doc).strip():
+            return Decision("unsure", "", 0.0, "model: empty mail", "")
+        return self.decide_proba(self.predict_proba([doc])[0], doc)
+
+    def decide_proba(self, proba: np.ndarray, doc: str) -> Decision:
+        """The decision for one row of `predict_proba`; `doc` only feeds the reason."""
+        groups = self._group_sums(proba)
+        kind = self._kind(groups)
+        pool = kind if kind != "unsure" else None
+        category, p_category = self._best(proba, pool)
+        terms = self.terms(doc, category) if category else []
+        reason = _model_reason(kind, groups, category, p_category, terms)
+        if kind == "unsure":
+            return Decision("unsure", category, round(float(max(groups.values())), 4), reason, "")
+        queue = _queue(category, self.categories.get(category)) if kind == "in" else ""
+        return Decision(kind, category, round(float(groups[kind]), 4), reason, queue)
+
+    def _group_sums(self, proba: np.ndarray) -> dict[str, float]:
+        groups = dict.fromkeys(KINDS, 0.0)
+        for label, p in zip(self.classes, proba, strict=True):
+            groups[self.kinds.get(label, "in")] += float(p)
+        return groups
+
+    def _kind(self, groups: Mapping[str, float]) -> str:
+        """In wins ties and doubt: out/route need the threshold AND a margin over in."""
+        if groups["in"] >= self.threshold:
+            return "in"
+        for kind in ("out", "route"):
+            p = groups[kind]
+            if p >= self.threshold and p - groups["in"] >= self.margin:
+                return kind
+        return "unsure"
+
+    def _best(self, proba: np.ndarray, kind: str | None) -> tuple[str, float]:
+        pairs = [
+            (float(p), label)
+            for label, p in zip(self.classes, proba, strict=True)
+            if kind is None or self.kinds.get(label, "in") == kind
+        ]
+        if not pairs:
+            return "", 0.0
+        p, label = max(pairs)
+        return label, p
+
+    def terms(self, doc: str, category: str, limit: int = REASON_TERMS) -> list[str]:
+        """The words in `doc` that pushed hardest toward `category` (reasons, not features)."""
+        features, weights, words = self._word_weights(category)
+        if weights is None:
+            return []
+        row = features.transform([doc]).tocsr()
+        scores = row.data * weights[row.indices]
+        order = np.argsort(-scores)[:limit]
+        return [str(words[row.indices[i]]) for i in order if scores[i] > 0]
+
+    def _word_weights(self, category: str) -> tuple[Any, np.ndarray | None, np.ndarray]:
+        union: FeatureUnion = self.pipeline.named_steps["features"]
+        vectorizer = dict(union.transformer_list)["words"]
+        words = vectorizer.get_feature_names_out()
+        svm = self.pipeline.named_steps["classifier"].calibrated_classifiers_[0].estimator
+        classes = self.classes
+        if category not in classes:
+            return vectorizer, None, words
+        coef = np.asarray(svm.coef_)
+        if coef.shape[0] == 1:  # two classes: one row, positive means classes[1]
+            row = coef[0] if classes.index(category) == 1 else -coef[0]
+        else:
+            row = coef[classes.index(category)]
+        return vectorizer, row[: len(words)], words
+
+
+def _model_reason(
+    kind: str, groups: Mapping[str, float], category: str, p: float, terms: Sequence[str]
+) -> str:
+    parts = [f"model: p={p:.2f}" if kind == "unsure" else f"model: p={groups[kind]:.2f}"]
+    if kind == "unsure":
+        shares = ", ".join(f"{k} {groups[k]:.2f}" for k in KINDS if groups[k] > 0.005)
+        parts.append(f"unsure ({shares})")
+    if category:
+        parts.append(f"{'leaning' if kind == 'unsure' else 'category'} {category} {p:.2f}")
+    if terms:
+        parts.append("terms: " + ", ".join(terms))
+    return "; ".join(parts)
+
+
+def _kind_map(
+    examples: Sequence[Example],
+    categories: Mapping[str, ScopeCategory],
+    kinds: Mapping[str, str] | None,
+) -> dict[str, str]:
+    mapping = {name: category.kind for name, category in categories.items()}
+    mapping.update(kinds or {})
+    labels = sorted({example.category for example in examples})
+    if categories:
+        unknown = [label for label in labels if label not in categories]
+        if unknown:
+            raise ValueError(f"examples use categories missing from [scope]: {', '.join(unknown)}")
+    bad = {k: v for k, v in mapping.items() if v not in KINDS}
+    if bad:
+        raise ValueError(f"unknown kind for {', '.join(bad)}: use in, out or route")
+    return {label: mapping.get(label, "in") for label in labels} | mapping
+
+
+def fit_pipeline(examples: Sequence[Example]) -> Pipeline:
+    """Fit the pipeline; every category needs two examples so calibration can hold one out."""
+    if not examples:
+        raise ValueError("no scope examples to train on")
+    labels = [example.category for example in examples]
+    counts = {label: labels.count(label) for label in set(labels)}
+    if len(counts) < 2:
+        raise ValueError("scope needs examples of at least two categories")
+    thin = sorted(label for label, n in counts.items() if n < 2)
+    if thin:
+        raise ValueError(f"categories with fewer than 2 examples: {', '.join(thin)}")
+    pipeline = build_pipeline(min(5, *counts.values()))
+    pipeline.fit([example.document for example in examples], labels)
+    return pipeline
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def parse_example(line: str, where: str) -> Example:
+    """One JSONL line: `subject`/`body` (or `text`), `category`, optional `lang`."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    for key in ("subject", "body", "text", "category", "lang"):
+        if key in data and not isinstance(data[key], str):
+            raise ValueError(f"{where}: '{key}' must be a string")
+    category = data.get("category", "").strip()
+    if not category:
+        raise ValueError(f"{where}: missing 'category'")
+    body = data.get("body", data.get("text", ""))
+    subject = data.get("subject", "")
+    if not (subject.strip() or body.strip()):
+        raise ValueError(f"{where}: needs 'subject' and 'body' (or 'text')")
+    return Example(subject, body, category, data.get("lang", ""))
+
+
+def parse_examples(lines: Iterable[str], source: str) -> list[Example]:
+    """Parse JSONL text; blank lines are allowed, a bad line names `source:line`."""
+    return [
+        parse_example(line, f"{source}:{number}")
+        for number, line in enumerate(lines, start=1)
+        if line.strip()
+    ]
+
+
+def example_line(example: Example) -> str:
+    """The JSONL form of an example (UTF-8 kept readable for admins)."""
+    data = {"subject": example.subject, "body": example.body, "category": example.category}
+    if example.lang:
+        data["lang"] = example.lang
+    return json.dumps(data, ensure_ascii=False)
+
+
+def cache_key(examples: Sequence[Example], categories: Mapping[str, ScopeCategory]) -> str:
+    """sha256 over examples, category config and code versions: a new value retrains."""
+    digest = hashlib.sha256()
+    digest.update(f"mailcare-scope {MODEL_VERSION} sklearn {sklearn.__version__}\n".encode())
+    config = {name: category.model_dump(mode="json") for name, category in categories.items()}
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    for example in examples:
+        digest.update(example_line(example).encode() + b"\n")
+    return digest.hexdigest()
+
+
+# =========================================================================== file I/O
+# Everything below reads or writes files; the daemon calls it at start and on SIGHUP.
+
+CACHE_PREFIX = "scope-"
+CACHE_SUFFIX = ".joblib"
+
+
+def load_examples(folder_or_file: Path) -> list[Example]:
+    """Examples from one JSONL file, or from every top-level *.jsonl of a folder.
+
+    Subfolders (like `heldout/`) are not read, so test data never leaks into training.
+    """
+    paths = sorted(folder_or_file.glob("*.jsonl")) if folder_or_file.is_dir() else [folder_or_file]
+    examples: list[Example] = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read ({exc})") from exc
+        examples += parse_examples(text.splitlines(), str(path))
+    return examples
+
+
+def append_example(path: Path, example: Example) -> None:
+    """Add one example (an owner's `#scope` correction) so the next training learns it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    needs_newline = path.exists() and path.stat().st_size > 0 and not _ends_with_newline(path)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(("\n" if needs_newline else "") + example_line(example) + "\n")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def load_or_train(section: ScopeSection, cache_dir: Path) -> ScopeModel:
+    """The model for this config: from `cache_dir` when the content hash matches, else trained.
+
+    Only `cache_dir/scope-<sha256>.joblib` is ever unpickled, and only a file this function
+    wrote; a damaged one is replaced. Older cache files are removed after a new one lands.
+    """
+    examples = load_examples(section.examples_dir)
+    categories = dict(section.categories)
+    key = cache_key(examples, categories)
+    path = cache_dir / f"{CACHE_PREFIX}{key}{CACHE_SUFFIX}"
+    settings = {"threshold": section.threshold, "margin": section.margin}
+    pipeline = _read_cache(path)
+    if pipeline is not None:
+        kinds = _kind_map(examples, categories, None)
+        return ScopeModel(pipeline, kinds, categories, **settings, examples=len(examples),
+                          origin="cache")
+    model = ScopeModel.train(examples, categories, **settings)
+    _write_cache(path, model.pipeline)
+    return model
+
+
+def _read_cache(path: Path) -> Pipeline | None:
+    if not path.is_file():
+        return None
+    try:
+        loaded = joblib.load(path)
+    except Exception:  # a truncated or foreign file: retrain rather than stop the daemon
+        return None
+    return loaded if isinstance(loaded, Pipeline) else None
+
+
+def _write_cache(path: Path, pipeline: Pipeline) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a pickle."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".scope-", suffix=".tmp")
+    os.close(handle)
+    try:
+        joblib.dump(pipeline, temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    for old in path.parent.glob(f"{CACHE_PREFIX}*{CACHE_SUFFIX}"):
+        if old != path:
+            old.unlink(missing_ok=True)
