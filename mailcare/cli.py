@@ -334,5 +334,50 @@ def _admin(config_path: Path | None, number: int, action: str, arg: str) -> None
     click.echo(message)
 
 
+# -- reporting ---------------------------------------------------------------------------
+
+
+def _period(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    from .stats import parse_since
+
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+@main.command()
+@config_option
+@json_option
+@click.option("--since", "period", default="7d", show_default=True, callback=_period,
+              help="How far back to look: 24h, 7d, 2w, 30d…")
+def stats(config_path: Path | None, as_json: bool, period: float) -> None:
+    """Volumes, scope decisions, response times (working hours), owners' load, holds."""
+    from .stats import format_text, stats_for
+
+    settings = _settings(config_path)
+    summary = stats_for(settings, _store(settings), period, time.time())
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False, indent=1))
+        return
+    click.echo(format_text(summary), nl=False)
+
+
+@main.command()
+@config_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("report.html"), show_default=True, help="The HTML file to write.")
+@click.option("--since", "period", default="30d", show_default=True, callback=_period,
+              help="How far back to look: 24h, 7d, 2w, 30d…")
+def report(config_path: Path | None, out: Path, period: float) -> None:
+    """Write the stats with charts as one self-contained HTML page."""
+    from .report import write_report
+
+    settings = _settings(config_path)
+    summary = write_report(settings, _store(settings), out, period, time.time())
+    click.echo(f"wrote {out} ({summary['volume']['new_cases']} new cases, "
+               f"{summary['volume']['mails_in']} mails in)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -75,9 +75,11 @@ def _required(arg: str, today: date) -> str:
     return arg
 
 
-def _address(arg: str, today: date) -> str:
-    if not _ADDRESS.fullmatch(arg.strip("<>")):
-        raise ArgumentError("needs one email address")
+def _optional_address(arg: str, today: date) -> str:
+    """`#fwd` alone means "open a case for the forwarded mail's sender"; an address overrides
+    it when the forward lost the original sender."""
+    if arg and not _ADDRESS.fullmatch(arg.strip("<>")):
+        raise ArgumentError("expects nothing or one email address")
     return arg.strip("<>")
 
 
@@ -142,7 +144,7 @@ _CHECKS = {
     "note": _optional,
     "scope": _scope,
     "wait": _wait,
-    "fwd": _address,
+    "fwd": _optional_address,
 }
 
 
@@ -212,7 +214,8 @@ _HELP = {
         "cliente non riceve nulla",
         "#scope in [categoria] | out <categoria> | route <categoria> - corregge l'ambito",
         "#wait <data> - in attesa fino a 2026-12-01, 01/12/2026, 1.12.2026 o +3g / +2w",
-        "#fwd <indirizzo> - inoltra il caso a un indirizzo",
+        "#fwd [indirizzo] - inoltro la mail di un cliente: apre un caso per il mittente "
+        "originale (o per l'indirizzo indicato)",
     ),
     "en": (
         "Commands (at the top of your reply, one per line, before any other text):",
@@ -224,7 +227,8 @@ _HELP = {
         "nothing is sent to the customer",
         "#scope in [category] | out <category> | route <category> - correct the scope",
         "#wait <date> - wait until 2026-12-01, 01/12/2026, 1.12.2026 or +3d / +2w",
-        "#fwd <address> - forward the case to an address",
+        "#fwd [address] - this forwards a customer's mail: open a case for the original "
+        "sender (or for the address given)",
     ),
 }
 

@@ -241,7 +241,7 @@ class Daemon:
         fetched = source.fetch(uids)
         started = time.perf_counter()
         mails = [self._parse(item) for item in fetched]
-        plans = []
+        plans: list[pipeline.plan_mod.Plan] = []
         done: list[int] = []
         quarantine: list[int] = []
         progress = None
@@ -347,11 +347,12 @@ class Daemon:
             return
         imap_changed = settings.imap != self.settings.imap
         smtp_changed = settings.smtp != self.settings.smtp
+        mode_changed = settings.mailcare.mode != self.settings.mailcare.mode
         self.settings, self.engine = settings, engine
         if imap_changed and self._source is not None:
             self._source.close()
             self._source = None
-        if smtp_changed or settings.mailcare.mode != self.settings.mailcare.mode:
+        if smtp_changed or mode_changed:
             if self.outbox is not None:
                 self.outbox.stop()
                 self.outbox = None

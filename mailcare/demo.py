@@ -120,8 +120,8 @@ def run_demo(out: Path, *, quiet: bool = False) -> int:
     for sub in ("state", "sent"):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / "sent").mkdir(parents=True, exist_ok=True)
-    setup_logging("text", "INFO")
-    logging.getLogger().handlers[0].setStream(open(out / "daemon.log", "w"))  # noqa: SIM115
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging("text", "INFO", stream=(out / "daemon.log").open("w", encoding="utf-8"))
     echo = click.echo
     echo("mailcare demo: starting an IMAP server (pymap) and an SMTP sink (aiosmtpd) "
          "on 127.0.0.1")

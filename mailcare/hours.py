@@ -136,6 +136,7 @@ class BusinessHours:
             return 0.0
         first = start.astimezone(self.zone).date() - timedelta(days=1)
         last = end.astimezone(self.zone).date()
+        start, end = start.astimezone(UTC), end.astimezone(UTC)  # real, not wall-clock, time
         total = timedelta()
         for offset in range((last - first).days + 1):
             window = self._window(first + timedelta(days=offset))

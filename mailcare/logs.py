@@ -6,17 +6,18 @@ import json
 import logging
 import os
 import sys
+from typing import TextIO
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {
+        data: dict[str, object] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
-        fields = _fields(data["message"])
+        fields = _fields(record.getMessage())
         if fields:
             data["fields"] = fields
         if record.exc_info:
@@ -34,8 +35,8 @@ def _fields(message: str) -> dict[str, str]:
     return out
 
 
-def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def setup_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM"):

@@ -86,8 +86,8 @@ class LoopVerdict:
     `reason` is "" when `may_reply`; otherwise the first rule that refused, e.g.
     "null-return-path", "auto-submitted:auto-replied", "precedence:bulk",
     "list-header:list-id", "x-auto-response-suppress:all", "robot-sender:mailer-daemon",
-    "own-address", "own-mail-returned", "not-addressed-to-us". `own_case` is the case of a
-    returned mail of ours (kind "own_mail_returned"), so it can be noted there.
+    "own-address", "own-mail-returned", "no-sender", "not-addressed-to-us". `own_case` is the
+    case of a returned mail of ours (kind "own_mail_returned"), so it can be noted there.
     """
 
     automatic: bool
@@ -148,8 +148,12 @@ def _autoreply_headers(mail: Mail) -> list[_Signal]:
 
 
 def _precedence(mail: Mail) -> list[_Signal]:
-    """Every Precedence header counts, not just the first (RT's two-header vector, L03)."""
-    kinds = {"bulk": ROBOT, "junk": ROBOT, "list": LIST, "auto_reply": AUTO_REPLY}
+    """Every Precedence header counts, not just the first (RT's two-header vector, L03).
+
+    bulk, junk and list all mark mass distribution (lists, newsletters): kind "list", since
+    a person may well have written the text (old list servers add only `Precedence: bulk`).
+    """
+    kinds = {"bulk": LIST, "junk": LIST, "list": LIST, "auto_reply": AUTO_REPLY}
     signals = []
     for raw in mail.header("precedence"):
         value = _clean(raw)
@@ -242,6 +246,11 @@ def _own(
     return signals
 
 
+def _no_sender(mail: Mail) -> list[_Signal]:
+    """Without a From address there is nobody to answer (a stray report part, a broken mail)."""
+    return [] if mail.sender is not None else [_Signal(HUMAN, "no-sender")]
+
+
 def _not_addressed(mail: Mail, support_address: str, aliases: Sequence[str]) -> list[_Signal]:
     """RFC 3834 §2 / RFC 5230 §4.5: answer only mail that names us (not Bcc, not a list)."""
     if any(tokens.is_our_address(r, support_address, aliases) for r in mail.recipients):
@@ -283,6 +292,7 @@ def classify(
         *_list_headers(mail),
         *_robot_sender(mail),
         *_suppress_header(mail),
+        *_no_sender(mail),
     ]
     if mail.is_dsn:
         signals.append(_Signal(BOUNCE, "delivery-status-report"))

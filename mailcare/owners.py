@@ -42,7 +42,8 @@ def _has_room(agent: AgentSection, open_counts: Mapping[str, int]) -> bool:
 
 
 def _serves_queue(agent: AgentSection, queue: str) -> bool:
-    return not agent.queues or queue in agent.queues
+    """An agent without queues serves all; a case without a queue (unsure) suits anyone."""
+    return not queue or not agent.queues or queue in agent.queues
 
 
 def _speaks(agent: AgentSection, language: str) -> bool:

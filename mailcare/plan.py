@@ -132,8 +132,8 @@ class Plan:
     matched_by: str = ""
     new: bool = False
 
-    def event(self, kind: str, actor: str = "mailcare", **detail: Any) -> None:
-        self.events.append(Event(self.case, kind, actor, detail))
+    def event(self, name: str, actor: str = "mailcare", **detail: Any) -> None:
+        self.events.append(Event(self.case, name, actor, detail))
 
     def act(self, action: str, reason: str = "") -> None:
         self.actions.append(action)
@@ -274,7 +274,9 @@ def _send(
     """Render a template and queue it with a stable Message-ID and a VERP envelope."""
     cfg = env.settings.mailcare
     rendered = env.templates.render(kind, lang, values)
-    message_id = tokens.message_id(env.secret, cfg.domain, case, kind, f"{source_id}:{to}")
+    message_id = tokens.message_id(
+        env.secret, cfg.domain, case, kind.replace("_", "-"), f"{source_id}:{to}"
+    )
     reply_to = tokens.reply_address(
         cfg.support_address, env.secret, case, reply_to_addressee or to
     )
@@ -644,6 +646,7 @@ def _from_agent(
         token=match.token,
         case=match.case,
         trusted_authserv_id=env.settings.mailcare.trusted_authserv_id,
+        secret=env.secret,
     )
     if identity.agent is None or match.case is None:
         return _hold_spoof(plan, mail, match, facts, env, identity.reason or "no_case")
@@ -954,3 +957,13 @@ def admin_command(row: Mapping[str, Any], action: str, arg: str, facts: Facts, e
     source = f"admin:{action}:{arg}:{env.now}"
     _run_command(plan, source, facts, env, admin, command, dict(row), results, errors)
     return plan, results + [f"error: {e}" for e in errors]
+
+
+# -- helpers shared with the other planners (sla.py) -------------------------------------------
+
+# Public names for the pieces every plan that mails someone needs: the common template
+# values, rendering and queueing a mail, and who an agent is and which language they read.
+send = _send
+common_values = _common
+agent_language = _agent_lang
+name_of = _name_of

@@ -25,24 +25,27 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.policy
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import Message
 from email.parser import BytesParser
+from email.policy import compat32
 from email.utils import getaddresses
 
 from mailparser_reply import EmailReplyParser
 
-from .mail import Address, Mail, strip_prefixes
-from .tokens import (
-    ReplyToken,
-    find_reply_token,
-    normalize_address,
-    read_own_message_id,
-    read_reply_token,
+from .mail import (
+    Address,
+    Mail,
+    clean_line,
+    decode_words,
+    normalize_addr,
+    normalize_subject,
+    strip_prefixes,
 )
+from .tokens import ReplyToken, find_reply_token, read_own_message_id, read_reply_token
 
 DAY = 86400.0
 
@@ -55,10 +58,11 @@ _FORWARD_FROM = re.compile(
     r"^[>*\s]*(?:from|da|von|de|mittente|exp[ée]diteur)\s*\**\s*:\s*\**\s*(?P<value>.+?)\s*$",
     re.IGNORECASE,
 )
+_MAILTO = re.compile("mailto:", re.IGNORECASE)
 _ADDR_SPEC = re.compile(r"[^\s<>\[\]()\"',;:]+@[^\s<>\[\]()\"',;:]+")
 _FORWARD_LANGUAGES = ("it", "en", "de", "fr", "es")
 # The forward header sits near the top; scanning a bounded prefix keeps regexes cheap.
-_FORWARD_SCAN = 100_000
+_FORWARD_SCAN = 20_000
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,12 @@ class ThreadContext:
       equals a non-empty `lookup.subject_key`, newest (highest number) first; a few suffice.
     * After a `match`, the store records the sender as a participant of the case it joined
       (or opened); `Match.related` names cases the mail also pointed at, for a link event.
+
+    Out-of-order arrival: two replies can arrive before anything connecting them (long
+    threads trim References so they no longer name the root) and open two cases. A later
+    mail naming both joins one by rule order and reports the other in `Match.related`;
+    cases are never merged. In delivery order this does not happen: each mail names a
+    parent or an ancestor that an earlier mail already brought into the case.
     """
 
     known_ids: Mapping[str, int]
@@ -156,6 +166,9 @@ class _Inputs:
     agents: frozenset[str]
     domain: str
     secret: bytes
+    token: ReplyToken | None
+    reopen_days: int
+    now: float
 
 
 # -- small parsers ----------------------------------------------------------------------
@@ -229,7 +242,7 @@ def lookup(mail: Mail, *, case_tag: str, support_address: str, secret: bytes) ->
         token_cases=tuple(dict.fromkeys(t[0] for t in tokens if t is not None)),
         own_cases=tuple(dict.fromkeys(o.case for o in own if o is not None)),
         thread_index=conversation_key(mail.thread_index) if mail.thread_index else None,
-        subject_key=mail.subject_key,
+        subject_key=_subject_key(mail),
         sender=_sender(mail),
     )
 
@@ -237,8 +250,9 @@ def lookup(mail: Mail, *, case_tag: str, support_address: str, secret: bytes) ->
 # -- the rules, each a list of votes ------------------------------------------------------
 
 
-def _token_clues(inp: _Inputs, token: ReplyToken | None) -> list[_Clue]:
+def _token_clues(inp: _Inputs) -> list[_Clue]:
     """Rule 1: only a token that verifies for this sender counts."""
+    token = inp.token
     if token is None or not token.valid or token.case not in inp.ctx.cases:
         return []
     return [_Clue("token", token.case, "signed reply address")]
@@ -246,9 +260,7 @@ def _token_clues(inp: _Inputs, token: ReplyToken | None) -> list[_Clue]:
 
 def _may_use_tag(inp: _Inputs, case: CaseView) -> bool:
     """A subject tag is trusted only from people who already take part, or agents (M14)."""
-    return inp.sender is not None and (
-        inp.sender in case.participants or inp.sender in inp.agents
-    )
+    return inp.sender is not None and (inp.sender in case.participants or inp.sender in inp.agents)
 
 
 def _tag_clues(inp: _Inputs, tag: int | None) -> tuple[list[_Clue], int | None]:
@@ -291,23 +303,30 @@ def _thread_index_clues(inp: _Inputs) -> list[_Clue]:
     return [_Clue("thread-index", case, "Outlook Thread-Index conversation")]
 
 
-def _looks_like_reply(mail: Mail) -> bool:
-    """The subject carried a reply/forward prefix (also one decoded from an encoded-word).
+def _reply_key(mail: Mail) -> str | None:
+    """The subject key of a reply, or None when the subject shows no reply/forward prefix.
 
-    Outlook also sends the original subject as Thread-Topic: a subject that ends with the
-    topic but is longer is a reply whose prefix we may not know by name ("Odp:", "ΑΠ:").
+    `mail.subject` is already RFC 2047-decoded, so a prefix hidden in an encoded-word counts.
+    Outlook also sends the original subject as Thread-Topic: a longer subject ending with
+    the topic is a reply whose prefix we do not know by name, keyed on the topic.
     """
     subject = mail.subject.strip()
-    if strip_prefixes(subject).strip() != subject:
-        return True
-    topic = (mail.thread_topic or "").strip().casefold()
-    return bool(topic) and len(subject) > len(topic) and subject.casefold().endswith(topic)
+    if strip_prefixes(subject) != subject:
+        return mail.subject_key
+    topic = (mail.thread_topic or "").strip()
+    if topic and len(subject) > len(topic) and subject.casefold().endswith(topic.casefold()):
+        return normalize_subject(topic)
+    return None
+
+
+def _subject_key(mail: Mail) -> str:
+    return _reply_key(mail) or mail.subject_key
 
 
 def _subject_clues(inp: _Inputs) -> list[_Clue]:
     """Rule 4b, the last resort: a participant's reply with the same normalized subject."""
-    key = inp.mail.subject_key
-    if not key or inp.sender is None or not _looks_like_reply(inp.mail):
+    key = _reply_key(inp.mail)
+    if not key or inp.sender is None:
         return []
     for number in inp.ctx.subject_cases:
         view = inp.ctx.cases.get(number)
@@ -327,15 +346,25 @@ def _choose(clues: list[_Clue], claim: int | None) -> _Clue | None:
     return next((c for c in clues if c.rule == "token" or c.case == claim), None)
 
 
-def _disagreement(chosen: _Clue | None, clues: list[_Clue]) -> tuple[tuple[int, ...], str]:
-    """Cases other rules pointed at, and a note naming them for the reason line."""
+def _notes(inp: _Inputs, chosen: _Clue | None, clues: list[_Clue], claim: int | None) -> str:
+    """What the reason line must also say: disagreeing rules, a bad token, a stranger's tag."""
     taken = chosen.case if chosen is not None else None
     others = [c for c in clues if c.case != taken]
-    related = tuple(dict.fromkeys(c.case for c in others))
-    if not others:
-        return related, ""
-    notes = ", ".join(f"#{c.case} by {c.why}" for c in others)
-    return related, f"; also pointed at {notes} (not merged)"
+    note = ""
+    if others:
+        note += "; also pointed at " + ", ".join(f"#{c.case} by {c.why}" for c in others)
+        note += " (not merged)"
+    if inp.token is not None and not inp.token.valid:
+        note += f"; reply token for #{inp.token.case} does not verify for this sender (ignored)"
+    if claim is not None and chosen is not None:
+        verb = "confirms" if claim == chosen.case else "overrides"
+        note += f"; this {verb} the subject tag #{claim} of a non-participant"
+    return note
+
+
+def _related(chosen: _Clue | None, clues: list[_Clue]) -> tuple[int, ...]:
+    taken = chosen.case if chosen is not None else None
+    return tuple(dict.fromkeys(c.case for c in clues if c.case != taken))
 
 
 def _closed_too_long(view: CaseView, reopen_days: int, now: float) -> bool:
@@ -344,20 +373,27 @@ def _closed_too_long(view: CaseView, reopen_days: int, now: float) -> bool:
     return view.closed_at + reopen_days * DAY < now
 
 
-def _new(matched_by: str, reason: str, token: ReplyToken | None, *,
-         linked_case: int | None = None, related: tuple[int, ...] = ()) -> Match:
-    return Match(case=None, matched_by=matched_by, new_participant=False, reopen=False,
-                 linked_case=linked_case, token=token, reason=reason, related=related)
+def _new(
+    inp: _Inputs, matched_by: str, reason: str, linked: int | None, related: tuple[int, ...]
+) -> Match:
+    return Match(
+        case=None,
+        matched_by=matched_by,
+        new_participant=False,
+        reopen=False,
+        linked_case=linked,
+        token=inp.token,
+        reason=reason,
+        related=related,
+    )
 
 
-def _join(inp: _Inputs, chosen: _Clue, token: ReplyToken | None, note: str,
-          related: tuple[int, ...], reopen_days: int, now: float) -> Match:
+def _join(inp: _Inputs, chosen: _Clue, note: str, related: tuple[int, ...]) -> Match:
     """Join `chosen.case`, unless it has been closed too long: then a new, linked case."""
     view = inp.ctx.cases[chosen.case]
-    if _closed_too_long(view, reopen_days, now):
-        why = f"{chosen.why} names #{view.number}, closed more than {reopen_days} days ago"
-        return _new("new:closed-case", why + note, token, linked_case=view.number,
-                    related=related)
+    if _closed_too_long(view, inp.reopen_days, inp.now):
+        why = f"{chosen.why} names #{view.number}, closed more than {inp.reopen_days} days ago"
+        return _new(inp, "new:closed-case", why + note, view.number, related)
     newcomer = inp.sender is None or inp.sender not in view.participants
     reopen = view.state == "closed"
     why = f"{chosen.why} -> #{view.number}"
@@ -365,23 +401,31 @@ def _join(inp: _Inputs, chosen: _Clue, token: ReplyToken | None, note: str,
         why += f" ({inp.sender or 'unknown sender'} joins as a new participant)"
     if reopen:
         why += " (reopens the closed case)"
-    return Match(case=view.number, matched_by=chosen.rule, new_participant=newcomer,
-                 reopen=reopen, linked_case=None, token=token, reason=why + note,
-                 related=related)
+    return Match(
+        case=view.number,
+        matched_by=chosen.rule,
+        new_participant=newcomer,
+        reopen=reopen,
+        linked_case=None,
+        token=inp.token,
+        reason=why + note,
+        related=related,
+    )
 
 
-def _token_note(token: ReplyToken | None) -> str:
-    if token is None or token.valid:
-        return ""
-    return f"; reply token for #{token.case} does not verify for this sender (ignored)"
-
-
-def _claim_note(claim: int | None, chosen: _Clue) -> str:
-    if claim is None:
-        return ""
-    if claim == chosen.case:
-        return f"; it confirms the subject tag #{claim} of a non-participant"
-    return f"; subject tag #{claim} of a non-participant ignored"
+def _decide(inp: _Inputs, claim: int | None, clues: list[_Clue]) -> Match:
+    chosen = _choose(clues, claim)
+    if chosen is None and claim is None:
+        clues = _subject_clues(inp)  # no other rule spoke: the subject is the last resort
+        chosen = clues[0] if clues else None
+    note, related = _notes(inp, chosen, clues, claim), _related(chosen, clues)
+    if chosen is not None:
+        return _join(inp, chosen, note, related)
+    if claim is not None:
+        who = inp.sender or "an unknown sender"
+        why = f"subject tag #{claim} from {who}, who is not a participant (M14)"
+        return _new(inp, "new:stranger-tag", why + note, claim, related)
+    return _new(inp, "new", "nothing links this mail to a case" + note, None, related)
 
 
 def match(
@@ -397,29 +441,27 @@ def match(
 ) -> Match:
     """Decide which case `mail` belongs to. Pure: everything it needs is in the arguments."""
     sender = _sender(mail)
-    inp = _Inputs(mail, ctx, sender, agents, _domain(support_address), secret)
     token = find_reply_token(mail.recipients, support_address, secret, sender or "")
+    inp = _Inputs(
+        mail=mail,
+        ctx=ctx,
+        sender=sender,
+        agents=agents,
+        domain=_domain(support_address),
+        secret=secret,
+        token=token,
+        reopen_days=reopen_days,
+        now=now,
+    )
     tag_votes, claim = _tag_clues(inp, subject_tag(mail.subject, case_tag))
     clues = [
-        *_token_clues(inp, token),
+        *_token_clues(inp),
         *tag_votes,
         *_own_id_clues(inp),
         *_reference_clues(inp),
         *_thread_index_clues(inp),
     ]
-    chosen = _choose(clues, claim)
-    if chosen is None and claim is None:
-        clues = _subject_clues(inp)
-        chosen = clues[0] if clues else None
-    related, note = _disagreement(chosen, clues)
-    note += _token_note(token)
-    if chosen is not None:
-        note += _claim_note(claim, chosen)
-        return _join(inp, chosen, token, note, related, reopen_days, now)
-    if claim is not None:
-        why = f"subject tag #{claim} from {sender or 'an unknown sender'}, not a participant"
-        return _new("new:stranger-tag", why + note, token, linked_case=claim, related=related)
-    return _new("new", "nothing links this mail to a case" + note, token, related=related)
+    return _decide(inp, claim, clues)
 
 
 # -- forwarded customer mail --------------------------------------------------------------
@@ -427,33 +469,32 @@ def match(
 
 def _address(name: str, addr: str) -> Address | None:
     """An `Address` in the form `mail.parse` gives, or None when `addr` is not one."""
-    addr = addr.strip().strip("<>").rstrip(".")
-    local, at, domain = addr.rpartition("@")
-    if not at or not local or not domain:
+    normal = normalize_addr(addr.strip().strip("<>"))
+    if normal is None:
         return None
-    normal = normalize_address(addr)
-    if not addr.isascii():
-        normal = f"{local}@{normal.rpartition('@')[2]}"
-    return Address(name=" ".join(name.split()), addr=normal)
+    return Address(name=" ".join(clean_line(decode_words(name)).split()), addr=normal)
 
 
 def _attached_senders(raw: bytes) -> Iterator[Address]:
-    """From addresses of message/rfc822 parts, outermost first."""
+    """From addresses of message/rfc822 parts, outermost first.
+
+    Only agent forwards come this way, so the full stdlib parser is affordable here.
+    """
     try:
-        message = BytesParser(policy=email.policy.default).parsebytes(raw)
-    except Exception:  # the parser is hostile-input territory; no sender beats a crash
+        message = BytesParser(policy=compat32).parsebytes(raw)
+        parts = [p for p in message.walk() if p.get_content_type() == "message/rfc822"]
+    except Exception:  # hostile MIME (deep nesting, broken boundaries): no sender
         return
-    for part in message.walk():
-        if part.get_content_type() != "message/rfc822":
-            continue
-        inner = part.get_payload(0) if part.is_multipart() else None
-        if not isinstance(inner, EmailMessage):
+    for part in parts:
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if not isinstance(inner, Message):
             continue
         try:
-            value = str(inner.get("From", ""))
+            pairs = getaddresses([str(inner.get("From", ""))])
         except Exception:  # header access on malformed mail can raise (see corpus notes)
             continue
-        for name, addr in getaddresses([value]):
+        for name, addr in pairs:
             found = _address(name, addr)
             if found is not None:
                 yield found
@@ -461,12 +502,11 @@ def _attached_senders(raw: bytes) -> Iterator[Address]:
 
 def _from_line(value: str) -> Address | None:
     """The mailbox in a quoted header value: `Name <a@b>`, `Name [mailto:a@b]`, `a@b`."""
-    found = _ADDR_SPEC.search(value.replace("mailto:", " "))
+    cleaned = _MAILTO.sub(" " * len("mailto:"), value)  # same length: offsets stay valid
+    found = _ADDR_SPEC.search(cleaned)
     if found is None:
         return None
-    name = value[: found.start()].replace("mailto:", "")
-    name = name.strip(" \t<[(\"'*")
-    return _address(name.strip(" \"'"), found.group(0))
+    return _address(cleaned[: found.start()].strip(" \t<[(\"'*"), found.group(0))
 
 
 def _inline_senders(text: str) -> Iterator[Address]:
@@ -488,7 +528,7 @@ def forwarded_sender(mail: Mail) -> Address | None:
     forwarder's own address is skipped: it shows up when they forward their own reply.
     """
     own = _sender(mail)
-    for found in (*_attached_senders(mail.raw), *_inline_senders(mail.text)):
+    for found in itertools.chain(_attached_senders(mail.raw), _inline_senders(mail.text)):
         if found.addr != own:
             return found
     return None

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 REPLY_MAC_LENGTH = 12
 VERP_MAC_LENGTH = 12
@@ -45,11 +45,15 @@ _OWN_ID = re.compile(rf"mc\.([a-z0-9-]{{1,32}})\.({_CASE})\.([a-z2-7]{{{2 * _MSG
 class ReplyToken:
     """A reply token found in a recipient address.
 
-    `valid` is True only when the MAC verifies for `addressee` (the mail's sender)."""
+    `valid` is True only when the MAC verifies for `addressee` (the mail's sender). `mac` is
+    kept (outside equality) so identity checks can tell a token forwarded from another agent
+    from a forged one; it is empty when the token was built by hand.
+    """
 
     case: int
     addressee: str
     valid: bool
+    mac: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,9 @@ def find_reply_token(
             continue
         case, mac = parsed
         if verify_reply_token(secret, case, mac, sender):
-            return ReplyToken(case=case, addressee=sender, valid=True)
+            return ReplyToken(case=case, addressee=sender, valid=True, mac=mac)
         if first is None:
-            first = ReplyToken(case=case, addressee=sender, valid=False)
+            first = ReplyToken(case=case, addressee=sender, valid=False, mac=mac)
     return first
 
 

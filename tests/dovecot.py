@@ -18,7 +18,6 @@ import getpass
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -62,12 +61,14 @@ def _user_exists(name: str) -> bool:
 class Dovecot:
     """One running Dovecot instance; use `Dovecot.start()` and `stop()`."""
 
-    def __init__(self, users: Mapping[str, str] = USERS) -> None:
+    def __init__(self, users: Mapping[str, str] = USERS, spare: int = 500) -> None:
         self.users = dict(users)
+        self._spare = [f"box{n}@lab.test" for n in range(1, spare + 1)]
         self.host = "127.0.0.1"
         self.port = 0
         self.lab = Path(tempfile.mkdtemp(prefix="mailcare-dovecot-"))
         self.config = self.lab / "dovecot.conf"
+        self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def start(cls, users: Mapping[str, str] = USERS) -> Dovecot:
@@ -83,11 +84,15 @@ class Dovecot:
     def _launch(self) -> None:
         self.port = _free_port()
         self._write_files()
-        result = subprocess.run(
-            [DOVECOT, "-c", str(self.config)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise DovecotError(f"dovecot did not start: {result.stderr.strip()}")
+        # Foreground (-F): the test owns the master process, so stop() ends exactly it, and
+        # no daemonised child keeps a pipe of ours open.
+        with (self.lab / "log" / "stderr.log").open("wb") as stderr:
+            self._process = subprocess.Popen(
+                [DOVECOT, "-F", "-c", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+            )
         self._wait_listening(timeout=10.0)
 
     def _identity(self) -> tuple[int, int, str, str]:
@@ -104,7 +109,8 @@ class Dovecot:
         for sub in ("run", "state", "log", "mail"):
             (self.lab / sub).mkdir()
         users = self.lab / "users"
-        users.write_text("".join(f"{name}:{{PLAIN}}{pw}\n" for name, pw in self.users.items()))
+        entries = [*self.users.items(), *((name, "secret") for name in self._spare)]
+        users.write_text("".join(f"{name}:{{PLAIN}}{pw}\n" for name, pw in entries))
         if os.getuid() == 0:
             # mkdtemp makes 0700 folders; mail processes run as nobody and must reach Maildir.
             self.lab.chmod(0o755)
@@ -126,6 +132,8 @@ first_valid_uid = {min(uid, 500)}
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# Production keeps the 2 s penalty; tests that log in with a wrong password wait less.
+auth_failure_delay = 0
 log_path = {lab}/log/dovecot.log
 mail_location = maildir:~/Maildir
 mail_max_userip_connections = 100
@@ -149,45 +157,53 @@ service imap-login {{
 }}
 service anvil {{
   chroot =
+  # No growing auth penalty (up to 15 s per login) for 127.0.0.1 after the wrong-password
+  # tests: every later test logs in from the same address.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 }}
 """
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise DovecotError(f"dovecot exited at start: {self.log_tail()}")
             with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 1):
                 return
             time.sleep(0.05)
         raise DovecotError(f"dovecot is not listening on {self.port}: {self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
-        log = self.lab / "log" / "dovecot.log"
-        if not log.exists():
-            return "(no log)"
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        text = ""
+        for name in ("stderr.log", "dovecot.log"):
+            log = self.lab / "log" / name
+            if log.exists():
+                text += "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return text or "(no log)"
 
     # -- teardown ------------------------------------------------------------------------
     def stop(self) -> None:
-        pid_file = self.lab / "run" / "master.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text().strip())
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-                self._wait_gone(pid, timeout=10.0)
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         shutil.rmtree(self.lab, ignore_errors=True)
 
-    @staticmethod
-    def _wait_gone(pid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-
     # -- levers --------------------------------------------------------------------------
+    def fresh_user(self) -> str:
+        """A mailbox no other test used, so tests sharing one Dovecot never see each
+        other's mail. They are all in the users file from the start: Dovecot re-reads a
+        changed passwd-file at most once a second, too slow for adding them on demand."""
+        name = self._spare.pop(0)
+        self.users[name] = "secret"
+        return name
+
     def doveadm(self, *args: str, stdin: bytes | None = None) -> str:
         result = subprocess.run(
             [DOVEADM, "-c", str(self.config), *args],
@@ -219,7 +235,9 @@ service anvil {{
             "-f", "flow", "mailbox", "status", "-u", user,
             "messages uidvalidity uidnext unseen", folder,
         )  # fmt: skip
-        return {key: int(value) for key, value in (pair.split("=") for pair in out.split())}
+        # flow format: "INBOX messages=1 uidnext=2 ..." (the folder name comes first)
+        pairs = (word.partition("=") for word in out.split())
+        return {key: int(value) for key, sep, value in pairs if sep}
 
     def create_folder(self, user: str, folder: str) -> None:
         self.doveadm("mailbox", "create", "-u", user, folder)

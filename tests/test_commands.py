@@ -92,7 +92,7 @@ def test_hash_without_a_word_is_body_text() -> None:
         ("#wait +0d", "#wait +0d: must be after today"),
         ("#wait +9999d", "#wait +9999d: more than 366 days ahead"),
         ("#wait", "#wait: not a date (use 2026-12-01, 01/12/2026 or +3d)"),
-        ("#fwd mario", "#fwd mario: needs one email address"),
+        ("#fwd mario", "#fwd mario: expects nothing or one email address"),
     ],
 )
 def test_bad_arguments_are_errors(line: str, error: str) -> None:
@@ -136,8 +136,11 @@ def test_scope_forms(arg: str, expected: str) -> None:
     assert parse(f"#scope {arg}").commands[0].arg == expected
 
 
-def test_fwd_takes_an_address() -> None:
-    assert parse("#fwd <rete@examplenet.it>").commands[0].arg == "rete@examplenet.it"
+def test_fwd_takes_an_optional_address() -> None:
+    assert parse("#fwd <cliente@example.com>").commands[0].arg == "cliente@example.com"
+    forwarded = parse("#fwd\n\n---------- Forwarded message ---------\nDa: cliente@example.com")
+    assert forwarded.commands == (Command("fwd", "", "#fwd"),)
+    assert forwarded.body.startswith("---------- Forwarded message")
 
 
 def test_lone_note_takes_the_body_and_nothing_is_relayed() -> None:

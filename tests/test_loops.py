@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailcare import loops, tokens
 from mailcare.config import LimitsSection
-from mailcare.mail import Address, Mail
+from mailcare.mail import Address, Mail, parse
 
 SECRET = b"loops-test-secret-0123456789abcd"
 SUPPORT = "assistenza@examplenet.it"
@@ -109,7 +110,8 @@ def test_l02_any_of_several_auto_submitted_headers_counts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "kind"), [("bulk", "robot"), ("junk", "robot"), ("list", "list")]
+    ("value", "kind"),
+    [("bulk", "list"), ("junk", "list"), ("list", "list"), ("auto_reply", "auto_reply")],
 )
 def test_l03_precedence(value: str, kind: str) -> None:
     verdict = judge(make_mail(headers={"Precedence": (value,)}))
@@ -362,9 +364,12 @@ def test_reason_is_the_first_rule_that_refused() -> None:
     assert judge(mail).reason == "null-return-path"
 
 
-def test_missing_sender_is_judged_on_the_rest() -> None:
-    assert judge(make_mail(sender=None)).may_reply
-    assert not judge(make_mail(sender=None, headers={"Precedence": ("junk",)})).may_reply
+def test_missing_sender_gets_no_automatic_mail() -> None:
+    verdict = judge(make_mail(sender=None))
+    assert (verdict.may_reply, verdict.reason, verdict.kind) == (False, "no-sender", "human")
+    assert judge(make_mail(sender=None, headers={"Precedence": ("junk",)})).reason == (
+        "precedence:junk"
+    )
 
 
 def test_l09_rate_limit_sliding_window() -> None:
@@ -403,3 +408,33 @@ def test_default_rate_windows() -> None:
     assert not loops.rate_ok(day, now, max_count=limits.per_case_max, window=limits.per_case_window)
     later = now + 1000
     assert loops.rate_ok(day, later, max_count=limits.per_case_max, window=limits.per_case_window)
+
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
+
+
+def corpus_verdicts(folder: str, pattern: str) -> list[tuple[str, loops.LoopVerdict]]:
+    found = []
+    for path in sorted((CORPUS / folder).glob(pattern)):
+        if path.is_file():
+            verdict = judge(parse(path.read_bytes()), require_addressed=False)
+            found.append((path.name, verdict))
+    return found
+
+
+@needs_corpus
+def test_b01_b03_real_bounces_are_never_answered() -> None:
+    verdicts = corpus_verdicts("flanker/tests/fixtures/messages/bounce", "*.eml")
+    assert len(verdicts) >= 8
+    assert [name for name, verdict in verdicts if verdict.may_reply] == []
+    bounces = [name for name, verdict in verdicts if verdict.kind == "bounce"]
+    assert len(bounces) >= 6
+
+
+@needs_corpus
+def test_l04_real_mailing_list_mail_is_never_answered() -> None:
+    verdicts = corpus_verdicts("notmuch/test/corpora/lkml", "**/*")
+    assert len(verdicts) > 20
+    assert [name for name, verdict in verdicts if verdict.may_reply] == []
+    assert {verdict.kind for _, verdict in verdicts} == {"list"}

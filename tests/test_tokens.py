@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -191,3 +194,36 @@ def test_reply_tokens_verify_only_for_their_addressee(
 def test_own_message_ids_round_trip(case: int, key: str) -> None:
     issued = tokens.message_id(SECRET, DOMAIN, case, "relay", key)
     assert tokens.read_own_message_id(SECRET, DOMAIN, issued) == tokens.OwnMessage(case, "relay")
+
+
+FORBIDDEN_IMPORTS = {
+    "sqlite_utils",
+    "sqlite3",
+    "imapclient",
+    "aiosmtplib",
+    "asyncio",
+    "socket",
+    "time",
+}
+# Clock reads (`datetime.now()`, `date.today()`…) and file access.
+FORBIDDEN_METHODS = {"now", "today", "utcnow", "monotonic", "perf_counter", "read_text", "open"}
+FORBIDDEN_FUNCTIONS = {"open", "input", "print"}
+
+
+@pytest.mark.parametrize("module", ["tokens", "loops", "commands", "owners", "hours", "identity"])
+def test_small_rules_are_pure(module: str) -> None:
+    """No sockets, SQLite, asyncio, clock or files: every rule is a function of its inputs."""
+    path = Path(tokens.__file__).with_name(f"{module}.py")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names = {(node.module or "").split(".")[0]}
+        else:
+            names = set()
+        assert not names & FORBIDDEN_IMPORTS, f"{module} imports {names & FORBIDDEN_IMPORTS}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            assert node.func.attr not in FORBIDDEN_METHODS, f"{module}:{node.lineno}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in FORBIDDEN_FUNCTIONS, f"{module}:{node.lineno}"
