@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
-    for name, title in (("cross_validation", f"{args.folds}-fold stratified CV on the "
-                         "shipped examples"), ("heldout", "held-out file")):
+    for name, title in (
+        ("cross_validation", f"{args.folds}-fold stratified CV on the shipped examples"),
+        ("heldout", "held-out file"),
+    ):
         report = result[name]
         print(f"== {title}")
         print(format_report(report))

@@ -58,6 +58,7 @@ class Daemon:
         self.engine: pipeline.Engine | None = None
         self._source: ImapSource | None = None
         self._outage_since: float | None = None
+        self._next_sla = 0.0
         self.on_batch: Callable[[list[pipeline.plan_mod.Plan]], None] | None = None
 
     # -- public ------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class Daemon:
             try:
                 source = self._connected(store)
                 backoff.reset()
+                self._periodic(store)
                 if self._drain(source, store):
                     continue
                 if self.once:
@@ -325,6 +327,25 @@ class Daemon:
                     store.set_quarantined(self.settings.imap.folder, self._uidvalidity, uid)
             log.error("event=quarantined uids=%s folder=%s", quarantine,
                       self.settings.imap.quarantine_folder)
+
+    def _periodic(self, store: Store) -> None:
+        """SLA reminders and escalations every `sla.check_interval` seconds."""
+        now = self.clock()
+        if now < self._next_sla or self.engine is None:
+            return
+        self._next_sla = now + self.settings.sla.check_interval
+        from .sla import run_sla
+
+        try:
+            plans = run_sla(store, self.engine, now)
+        except Exception as exc:  # the SLA clock must never stop intake
+            log.exception("event=sla_failed error=%r", exc)
+            return
+        for plan in plans:
+            for line in plan.log_lines():
+                log.info(line)
+        if plans and self.outbox is not None:
+            self.outbox.wake()
 
     def _status(self, store: Store) -> str:
         pending, oldest = store.outbox_depth(self.clock())

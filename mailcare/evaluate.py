@@ -85,9 +85,7 @@ def evaluate(
         in_categories=in_categories,
         route_categories=route_categories,
     )
-    model = ScopeModel.train(
-        train, categories, kinds=kinds, threshold=threshold, margin=margin
-    )
+    model = ScopeModel.train(train, categories, kinds=kinds, threshold=threshold, margin=margin)
     decisions, ms = decide_all(model, test)
     report = score(test, decisions, kinds)
     report.update(train=len(train), ms_per_mail=round(ms, 3), threshold=threshold, margin=margin)
@@ -121,15 +119,18 @@ def cross_validate(
     for train_index, test_index in splitter.split(labels, labels):
         train = [examples[i] for i in train_index]
         test = [examples[i] for i in test_index]
-        model = ScopeModel.train(train, categories, kinds=kinds, threshold=threshold,
-                                 margin=margin)
+        model = ScopeModel.train(train, categories, kinds=kinds, threshold=threshold, margin=margin)
         fold_decisions, ms = decide_all(model, test)
         ordered += test
         decisions += fold_decisions
         total_ms += ms * len(test)
     report = score(ordered, decisions, kinds)
-    report.update(folds=folds, ms_per_mail=round(total_ms / max(len(ordered), 1), 3),
-                  threshold=threshold, margin=margin)
+    report.update(
+        folds=folds,
+        ms_per_mail=round(total_ms / max(len(ordered), 1), 3),
+        threshold=threshold,
+        margin=margin,
+    )
     return report
 
 
@@ -150,7 +151,9 @@ def score(
     routes = truth.count("route")
     return {
         "test": len(test),
-        "wrong_redirect_rate": _rate(sum(t == "in" and s in ("out", "route") for t, s in pairs), ins),
+        "wrong_redirect_rate": _rate(
+            sum(t == "in" and s in ("out", "route") for t, s in pairs), ins
+        ),
         "out_of_scope_recall": _rate(sum(t == s == "out" for t, s in pairs), outs),
         "unsure_rate": _rate(said.count(UNSURE), len(test)),
         "route_recall": _rate(sum(t == s == "route" for t, s in pairs), routes),
@@ -259,8 +262,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     if report.get("mistakes"):
         lines += ["", "wrong kinds:"]
         for item in report["mistakes"]:
-            lines.append(f"  [{item['category']} -> {item['decided']}] {item['subject']!r}: "
-                         f"{item['reason']}")
+            lines.append(
+                f"  [{item['category']} -> {item['decided']}] {item['subject']!r}: {item['reason']}"
+            )
     return "\n".join(lines)
 
 
@@ -289,7 +293,7 @@ def config_kinds(
     settings: Settings, labels: Collection[str], out_categories: Collection[str] | None
 ) -> dict[str, str]:
     """Kinds from [scope] categories, overridden by `--out-categories`; the rest are "in"."""
-    configured = {name: c.kind for name, c in settings.scope.categories.items()}
+    configured: dict[str, str] = {n: c.kind for n, c in settings.scope.categories.items()}
     kinds = {label: configured.get(label, "in") for label in labels}
     for name in out_categories or ():
         kinds[name] = "out"

@@ -24,6 +24,7 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import tokens
 from .compose import Outgoing, Templates, build
@@ -81,6 +82,7 @@ def _figure() -> tuple[Figure, Axes]:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.spines[["top", "right"]].set_visible(False)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     return figure, axes
 
 
@@ -193,6 +195,7 @@ def owners_chart(owners: Sequence[Mapping[str, Any]], names: Mapping[str, str]) 
     rows.reverse()
     axes.barh(range(len(rows)), [count for _, count in rows], color="#3b6fb6")
     axes.set_yticks(range(len(rows)), [_label(name) for name, _ in rows])
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("open cases")
     if not rows:
         _no_data(axes)

@@ -7,7 +7,7 @@ are summed before they are compared (five small "ours" beat one middling "not ou
 "not ours" or "route" must also beat "ours" by `margin`. Everything else is `unsure` and a
 person looks.
 
-The model is a scikit-learn pipeline trained in seconds from the JSONL examples in
+The model is scikit-learn, trained in seconds from the JSONL examples in
 `classifiers/`: word 1-2-grams and character 2-5-grams (so Italian inflections, English and
 typos all land on shared features) feeding a linear SVM whose scores are calibrated into
 probabilities by cross-validation. Only the bottom of the module (`load_or_train`) touches
@@ -22,17 +22,17 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import joblib
 import numpy as np
 import sklearn
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
 from mailcare.config import ScopeCategory, ScopeSection
@@ -121,7 +121,9 @@ def _sender_matches(rule: str, sender: str) -> bool:
     return bool(domain) and (sender_domain == domain or sender_domain.endswith("." + domain))
 
 
-def _category_hits(name: str, category: ScopeCategory, folded: str, raw: str, sender: str) -> list[RuleHit]:
+def _category_hits(
+    name: str, category: ScopeCategory, folded: str, raw: str, sender: str
+) -> list[RuleHit]:
     hits = [
         RuleHit(name, f"keyword '{kw}'")
         for kw in category.keywords
@@ -183,26 +185,77 @@ def _queue(name: str, category: ScopeCategory | None) -> str:
 # --------------------------------------------------------------------------- model
 
 
-def build_pipeline(n_splits: int) -> Pipeline:
-    """Features and estimator; `n_splits` folds calibrate the SVM scores into probabilities."""
+def build_features() -> FeatureUnion:
+    """Word 1-2-grams for meaning, character 2-5-grams (within words) for inflections,
+    compounds, typos and the other language."""
     words = TfidfVectorizer(
-        preprocessor=normalize, analyzer="word", ngram_range=(1, 2), sublinear_tf=True, min_df=1
+        preprocessor=normalize, analyzer="word", ngram_range=(1, 2), sublinear_tf=True
     )
     chars = TfidfVectorizer(
-        preprocessor=normalize, analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
+        preprocessor=normalize,
+        analyzer="char_wb",
+        ngram_range=(2, 5),
+        sublinear_tf=True,
         min_df=2,
     )
+    return FeatureUnion([("words", words), ("chars", chars)])
+
+
+def build_classifier(n_splits: int) -> CalibratedClassifierCV:
+    """A linear SVM; `n_splits` folds calibrate its scores into probabilities."""
     svm = LinearSVC(C=0.5, class_weight="balanced")
-    calibrated = CalibratedClassifierCV(svm, method="sigmoid", cv=n_splits, ensemble=False)
-    return Pipeline([("features", FeatureUnion([("words", words), ("chars", chars)])),
-                     ("classifier", calibrated)])
+    return CalibratedClassifierCV(svm, method="sigmoid", cv=n_splits, ensemble=False)
+
+
+@dataclass
+class Fitted:
+    """The trained parts, cached together.
+
+    Two classifiers share one feature space: one names the category, one judges only the
+    kind (in/out/route). Their kind probabilities are averaged: the kind classifier sees
+    every "ours" mail as one class, so it is steadier where a category is thin, and two
+    different views rarely make the same confident mistake.
+    """
+
+    features: FeatureUnion
+    by_category: CalibratedClassifierCV
+    by_kind: CalibratedClassifierCV | None  # None when the data holds a single kind
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(label) for label in self.by_category.classes_]
+
+
+def _splits(labels: Sequence[str]) -> int:
+    counts = Counter(labels)
+    thin = sorted(label for label, n in counts.items() if n < 2)
+    if thin:
+        raise ValueError(f"categories with fewer than 2 examples: {', '.join(thin)}")
+    return min(5, *counts.values())
+
+
+def fit(examples: Sequence[Example], kinds: Mapping[str, str]) -> Fitted:
+    """Fit features and both classifiers; every category needs two examples to calibrate."""
+    if not examples:
+        raise ValueError("no scope examples to train on")
+    labels = [example.category for example in examples]
+    if len(set(labels)) < 2:
+        raise ValueError("scope needs examples of at least two categories")
+    features = build_features()
+    matrix = features.fit_transform([example.document for example in examples])
+    by_category = build_classifier(_splits(labels)).fit(matrix, labels)
+    kind_labels = [kinds.get(label, "in") for label in labels]
+    by_kind = None
+    if len(set(kind_labels)) > 1:
+        by_kind = build_classifier(_splits(kind_labels)).fit(matrix, kind_labels)
+    return Fitted(features, by_category, by_kind)
 
 
 @dataclass
 class ScopeModel:
-    """A trained pipeline plus the config that turns its probabilities into decisions."""
+    """A trained model plus the config that turns its probabilities into decisions."""
 
-    pipeline: Pipeline
+    fitted: Fitted
     kinds: dict[str, str]
     categories: dict[str, ScopeCategory] = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
@@ -222,20 +275,39 @@ class ScopeModel:
     ) -> ScopeModel:
         """Fit on the examples; `kinds` names in/out/route when there are no categories.
 
-        Without categories and kinds every label counts as "in", which is the safe reading.
+        Without categories or kinds every label counts as "in", the safe reading.
         """
         known = dict(categories or {})
-        kind_map = _kind_map(examples, known, kinds)
-        pipeline = fit_pipeline(examples)
-        return cls(pipeline, kind_map, known, threshold, margin, examples=len(examples))
+        kind_map = kind_map_for(examples, known, kinds)
+        fitted = fit(examples, kind_map)
+        return cls(fitted, kind_map, known, threshold, margin, examples=len(examples))
 
     @property
     def classes(self) -> list[str]:
-        return [str(label) for label in self.pipeline.classes_]
+        return self.fitted.classes
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Per-class probabilities, columns in `classes` order."""
-        return np.asarray(self.pipeline.predict_proba(list(texts)))
+        """Per-category probabilities, columns in `classes` order."""
+        matrix = self.fitted.features.transform(list(texts))
+        return np.asarray(self.fitted.by_category.predict_proba(matrix))
+
+    def kind_proba(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Category probabilities and, per text, the averaged {in, out, route} probabilities."""
+        matrix = self.fitted.features.transform(list(texts))
+        proba = np.asarray(self.fitted.by_category.predict_proba(matrix))
+        groups = np.stack([proba[:, self._kind_mask(kind)].sum(axis=1) for kind in KINDS], 1)
+        by_kind = self.fitted.by_kind
+        if by_kind is not None:
+            direct = np.asarray(by_kind.predict_proba(matrix))
+            order = [
+                list(by_kind.classes_).index(k) if k in by_kind.classes_ else -1 for k in KINDS
+            ]
+            aligned = np.stack([direct[:, i] if i >= 0 else np.zeros(len(proba)) for i in order], 1)
+            groups = (groups + aligned) / 2
+        return proba, groups
+
+    def _kind_mask(self, kind: str) -> np.ndarray:
+        return np.array([self.kinds.get(label, "in") == kind for label in self.classes])
 
     def decide(self, *, subject: str, text: str, sender: str = "") -> Decision:
         """Rules first, then the model with the threshold, the margin and in-wins."""
@@ -245,26 +317,19 @@ class ScopeModel:
         doc = document(subject, text)
         if not fold(doc).strip():
             return Decision("unsure", "", 0.0, "model: empty mail", "")
-        return self.decide_proba(self.predict_proba([doc])[0], doc)
+        proba, groups = self.kind_proba([doc])
+        return self.decide_proba(proba[0], dict(zip(KINDS, groups[0].tolist(), strict=True)), doc)
 
-    def decide_proba(self, proba: np.ndarray, doc: str) -> Decision:
-        """The decision for one row of `predict_proba`; `doc` only feeds the reason."""
-        groups = self._group_sums(proba)
+    def decide_proba(self, proba: np.ndarray, groups: Mapping[str, float], doc: str) -> Decision:
+        """The decision for one mail's probabilities; `doc` only feeds the reason."""
         kind = self._kind(groups)
-        pool = kind if kind != "unsure" else None
-        category, p_category = self._best(proba, pool)
+        category, p_category = self._best(proba, None if kind == "unsure" else kind)
         terms = self.terms(doc, category) if category else []
         reason = _model_reason(kind, groups, category, p_category, terms)
         if kind == "unsure":
-            return Decision("unsure", category, round(float(max(groups.values())), 4), reason, "")
+            return Decision("unsure", category, round(max(groups.values()), 4), reason, "")
         queue = _queue(category, self.categories.get(category)) if kind == "in" else ""
-        return Decision(kind, category, round(float(groups[kind]), 4), reason, queue)
-
-    def _group_sums(self, proba: np.ndarray) -> dict[str, float]:
-        groups = dict.fromkeys(KINDS, 0.0)
-        for label, p in zip(self.classes, proba, strict=True):
-            groups[self.kinds.get(label, "in")] += float(p)
-        return groups
+        return Decision(kind, category, round(groups[kind], 4), reason, queue)
 
     def _kind(self, groups: Mapping[str, float]) -> str:
         """In wins ties and doubt: out/route need the threshold AND a margin over in."""
@@ -288,77 +353,60 @@ class ScopeModel:
         return label, p
 
     def terms(self, doc: str, category: str, limit: int = REASON_TERMS) -> list[str]:
-        """The words in `doc` that pushed hardest toward `category` (reasons, not features)."""
-        features, weights, words = self._word_weights(category)
-        if weights is None:
+        """The words in `doc` that pushed hardest toward `category` (reasons, not n-grams)."""
+        if category not in self.classes:
             return []
-        row = features.transform([doc]).tocsr()
+        union = self.fitted.features
+        vectorizer = dict(union.transformer_list)["words"]
+        words = vectorizer.get_feature_names_out()
+        weights = self._coef(category)[: len(words)]
+        row = vectorizer.transform([doc]).tocsr()
         scores = row.data * weights[row.indices]
         order = np.argsort(-scores)[:limit]
         return [str(words[row.indices[i]]) for i in order if scores[i] > 0]
 
-    def _word_weights(self, category: str) -> tuple[Any, np.ndarray | None, np.ndarray]:
-        union: FeatureUnion = self.pipeline.named_steps["features"]
-        vectorizer = dict(union.transformer_list)["words"]
-        words = vectorizer.get_feature_names_out()
-        svm = self.pipeline.named_steps["classifier"].calibrated_classifiers_[0].estimator
-        classes = self.classes
-        if category not in classes:
-            return vectorizer, None, words
+    def _coef(self, category: str) -> np.ndarray:
+        """The SVM's weights for one category (the calibrated wrapper keeps the SVM)."""
+        svm = self.fitted.by_category.calibrated_classifiers_[0].estimator
         coef = np.asarray(svm.coef_)
+        index = self.classes.index(category)
         if coef.shape[0] == 1:  # two classes: one row, positive means classes[1]
-            row = coef[0] if classes.index(category) == 1 else -coef[0]
-        else:
-            row = coef[classes.index(category)]
-        return vectorizer, row[: len(words)], words
+            return coef[0] if index == 1 else -coef[0]
+        return coef[index]
 
 
 def _model_reason(
     kind: str, groups: Mapping[str, float], category: str, p: float, terms: Sequence[str]
 ) -> str:
-    parts = [f"model: p={p:.2f}" if kind == "unsure" else f"model: p={groups[kind]:.2f}"]
     if kind == "unsure":
-        shares = ", ".join(f"{k} {groups[k]:.2f}" for k in KINDS if groups[k] > 0.005)
-        parts.append(f"unsure ({shares})")
-    if category:
-        parts.append(f"{'leaning' if kind == 'unsure' else 'category'} {category} {p:.2f}")
+        shares = ", ".join(f"{k} {groups[k]:.2f}" for k in KINDS if groups[k] >= 0.005)
+        parts = [f"model: unsure ({shares})"]
+        if category:
+            parts.append(f"leaning {category} {p:.2f}")
+    else:
+        parts = [f"model: p={groups[kind]:.2f}", f"{category} {p:.2f}"]
     if terms:
         parts.append("terms: " + ", ".join(terms))
     return "; ".join(parts)
 
 
-def _kind_map(
+def kind_map_for(
     examples: Sequence[Example],
     categories: Mapping[str, ScopeCategory],
     kinds: Mapping[str, str] | None,
 ) -> dict[str, str]:
-    mapping = {name: category.kind for name, category in categories.items()}
+    """in/out/route for every label: config first, then `kinds`, and "in" for the rest."""
+    mapping: dict[str, str] = {name: category.kind for name, category in categories.items()}
     mapping.update(kinds or {})
     labels = sorted({example.category for example in examples})
     if categories:
         unknown = [label for label in labels if label not in categories]
         if unknown:
             raise ValueError(f"examples use categories missing from [scope]: {', '.join(unknown)}")
-    bad = {k: v for k, v in mapping.items() if v not in KINDS}
+    bad = sorted(name for name, kind in mapping.items() if kind not in KINDS)
     if bad:
         raise ValueError(f"unknown kind for {', '.join(bad)}: use in, out or route")
     return {label: mapping.get(label, "in") for label in labels} | mapping
-
-
-def fit_pipeline(examples: Sequence[Example]) -> Pipeline:
-    """Fit the pipeline; every category needs two examples so calibration can hold one out."""
-    if not examples:
-        raise ValueError("no scope examples to train on")
-    labels = [example.category for example in examples]
-    counts = {label: labels.count(label) for label in set(labels)}
-    if len(counts) < 2:
-        raise ValueError("scope needs examples of at least two categories")
-    thin = sorted(label for label, n in counts.items() if n < 2)
-    if thin:
-        raise ValueError(f"categories with fewer than 2 examples: {', '.join(thin)}")
-    pipeline = build_pipeline(min(5, *counts.values()))
-    pipeline.fit([example.document for example in examples], labels)
-    return pipeline
 
 
 # --------------------------------------------------------------------------- examples
@@ -375,14 +423,14 @@ def parse_example(line: str, where: str) -> Example:
     for key in ("subject", "body", "text", "category", "lang"):
         if key in data and not isinstance(data[key], str):
             raise ValueError(f"{where}: '{key}' must be a string")
-    category = data.get("category", "").strip()
+    category = str(data.get("category", "")).strip()
     if not category:
         raise ValueError(f"{where}: missing 'category'")
-    body = data.get("body", data.get("text", ""))
-    subject = data.get("subject", "")
+    body = str(data.get("body", data.get("text", "")))
+    subject = str(data.get("subject", ""))
     if not (subject.strip() or body.strip()):
         raise ValueError(f"{where}: needs 'subject' and 'body' (or 'text')")
-    return Example(subject, body, category, data.get("lang", ""))
+    return Example(subject, body, category, str(data.get("lang", "")))
 
 
 def parse_examples(lines: Iterable[str], source: str) -> list[Example]:
@@ -460,34 +508,42 @@ def load_or_train(section: ScopeSection, cache_dir: Path) -> ScopeModel:
     categories = dict(section.categories)
     key = cache_key(examples, categories)
     path = cache_dir / f"{CACHE_PREFIX}{key}{CACHE_SUFFIX}"
-    settings = {"threshold": section.threshold, "margin": section.margin}
-    pipeline = _read_cache(path)
-    if pipeline is not None:
-        kinds = _kind_map(examples, categories, None)
-        return ScopeModel(pipeline, kinds, categories, **settings, examples=len(examples),
-                          origin="cache")
-    model = ScopeModel.train(examples, categories, **settings)
-    _write_cache(path, model.pipeline)
+    fitted = _read_cache(path)
+    if fitted is not None:
+        kinds = kind_map_for(examples, categories, None)
+        return ScopeModel(
+            fitted,
+            kinds,
+            categories,
+            section.threshold,
+            section.margin,
+            examples=len(examples),
+            origin="cache",
+        )
+    model = ScopeModel.train(
+        examples, categories, threshold=section.threshold, margin=section.margin
+    )
+    _write_cache(path, model.fitted)
     return model
 
 
-def _read_cache(path: Path) -> Pipeline | None:
+def _read_cache(path: Path) -> Fitted | None:
     if not path.is_file():
         return None
     try:
         loaded = joblib.load(path)
     except Exception:  # a truncated or foreign file: retrain rather than stop the daemon
         return None
-    return loaded if isinstance(loaded, Pipeline) else None
+    return loaded if isinstance(loaded, Fitted) else None
 
 
-def _write_cache(path: Path, pipeline: Pipeline) -> None:
+def _write_cache(path: Path, fitted: Fitted) -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a pickle."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".scope-", suffix=".tmp")
     os.close(handle)
     try:
-        joblib.dump(pipeline, temp)
+        joblib.dump(fitted, temp)
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from dovecot import Dovecot
 from imapclient import IMAPClient
 
-from dovecot import Dovecot
 from mailcare.config import ImapSection
 from mailcare.imap import (
     Backoff,
@@ -48,7 +48,7 @@ class Server:
     user: str
     password: str
     deliver: Callable[[bytes], None]
-    kick: Callable[[], None]
+    kick: Callable[[], object]
     delimiter: str
 
     def client(self) -> IMAPClient:
@@ -82,7 +82,7 @@ def server(request: pytest.FixtureRequest) -> Server:
             LAB_USER,
             "secret",
             deliver=lambda raw: lab.deliver(LAB_USER, raw),
-            kick=lambda: None if lab.disconnect_all() else None,
+            kick=lab.disconnect_all,
             delimiter="/",
         )
     dovecot: Dovecot = request.getfixturevalue("dovecot")
@@ -251,7 +251,9 @@ def test_wait_polls_when_idle_is_off(server: Server, open_source: Any) -> None:
     assert len(source.uids_after(0)) == 1
 
 
-def test_i05_idle_reissued_only_after_idle_renew(server: Server, fault_proxy: Any, open_source: Any) -> None:
+def test_i05_idle_reissued_only_after_idle_renew(
+    server: Server, fault_proxy: Any, open_source: Any
+) -> None:
     def idle_commands(renew: float) -> int:
         proxy = fault_proxy(server.host, server.port)
         source = open_source(proxy.host, proxy.port, server.user, idle_renew=renew)
@@ -305,7 +307,7 @@ def test_i04_stalled_server_raises_within_the_timeout(
     source = open_source(proxy.host, proxy.port, server.user, timeout=1.0)
     proxy.stall()
     started = time.monotonic()
-    with pytest.raises(ImapUnavailable, match="(?i)timeout|timed out"):
+    with pytest.raises(ImapUnavailable, match=r"(?i)timeout|timed out"):
         source.uids_after(0)
     assert time.monotonic() - started < 3.0
     source.close()
@@ -316,6 +318,7 @@ def test_i04_stall_during_idle_is_caught_when_idle_ends(
 ) -> None:
     proxy = fault_proxy(server.host, server.port)
     source = open_source(proxy.host, proxy.port, server.user, timeout=1.0)
+    assert source.wait(0.2) is False  # IDLE established
     proxy.stall()
     assert source.wait(0.3) is False  # silence in IDLE is normal
     started = time.monotonic()
