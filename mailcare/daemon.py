@@ -214,9 +214,14 @@ class Daemon:
             self.stop_event.wait(min(left, 0.5))
 
     def _wait(self, source: ImapSource) -> None:
-        slice_ = 1.0 if self.notifier.watchdog_interval else 5.0
-        source.wait(min(slice_, self.settings.imap.poll_interval)
-                    if not self.settings.imap.idle else slice_)
+        """IDLE in one-second slices (the session stays idling between them, so a slice
+        costs nothing on the wire) so stop and the watchdog stay prompt; or poll."""
+        if self.settings.imap.idle and "IDLE" in source.capabilities:
+            source.wait(1.0)
+            return
+        self._sleep(self.settings.imap.poll_interval)
+        if not self.stop_event.is_set():
+            source.wait(0.0)
 
     # -- draining ----------------------------------------------------------------------
 

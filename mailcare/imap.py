@@ -12,8 +12,9 @@ What the daemon can rely on (RELIABILITY §5):
   `ImapUnavailable` instead of hanging; during IDLE silence is normal, so a stall there is
   caught when IDLE ends (every `wait()` slice, or `idle_renew` at the latest);
 - a BYE or EOF during IDLE (server restart, `doveadm kick`, I03) raises `ImapUnavailable`
-  at once: imapclient's `idle_check()` returns `[]` immediately forever after the server
-  closed, so an empty answer that came early is checked against the socket;
+  at once and never spins: IDLE waits on the socket and reads answers after DONE, instead
+  of imapclient's `idle_check()`, which returns `[]` immediately forever after EOF and
+  breaks on responses split across TCP segments;
 - messages are read with `BODY.PEEK[]`, never setting `\\Seen` (people use the mailbox too);
 - "N:*" in a UID search always matches the last message even when N is past the end, so
   `uids_after()` filters the answer;
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import logging
-import socket
+import selectors
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,8 +52,6 @@ __all__ = [
 
 # Untagged answers during IDLE that mean "the folder changed: look again".
 _CHANGES: Final = frozenset({b"EXISTS", b"RECENT", b"EXPUNGE", b"FETCH"})
-# An early empty idle_check() answer is re-checked this many times per wait() at most.
-_MAX_EMPTY_WAKEUPS: Final = 50
 
 
 class ImapError(Exception):
@@ -312,41 +311,32 @@ class ImapSource:
         return any(_is_change(tuple(item)) for item in responses or [])
 
     def _wait_idle(self, timeout: float) -> bool:
-        self._start_idle()
+        """Sleep on the socket, then end IDLE to read what came, in blocking mode.
+
+        imapclient's `idle_check()` reads with a non-blocking socket: a response split
+        across TCP segments raises "unterminated line" and desynchronises the session, and
+        after EOF it returns `[]` at once forever (I03). Ending IDLE with DONE reads whole
+        lines with the normal timeout, and EOF or BYE surfaces as an error right there.
+        """
         deadline = time.monotonic() + timeout
-        empty_wakeups = 0
         while (left := deadline - time.monotonic()) > 0:
-            began = time.monotonic()
-            with self._guard("IDLE"):
-                responses = self.client.idle_check(timeout=left)
-            if any(_is_bye(tuple(item)) for item in responses):
-                raise self._unavailable(f"server said BYE during IDLE: {responses}")
+            self._start_idle()
+            if not self._readable(left):
+                return False
+            responses = self._end_idle()
             if any(_is_change(tuple(item)) for item in responses):
-                self._end_idle()
                 return True
-            if not responses and time.monotonic() - began < left - 0.05:
-                empty_wakeups += 1
-                self._check_alive(empty_wakeups)
+            # only "* OK Still here" or the like: go back to IDLE for the time left
         return False
 
-    def _check_alive(self, empty_wakeups: int) -> None:
-        """idle_check() woke up with nothing: a closed socket looks exactly like that."""
-        if self._peer_closed():
-            raise self._unavailable("server closed the connection during IDLE")
-        if empty_wakeups >= _MAX_EMPTY_WAKEUPS:
-            raise self._unavailable("IDLE keeps waking up without data")
-        time.sleep(0.02)  # a partial line: let the rest arrive instead of spinning
-
-    def _peer_closed(self) -> bool:
-        """True when the TCP peer has closed (peeking below any TLS layer)."""
+    def _readable(self, timeout: float) -> bool:
+        """True when the server sent something (or closed) within `timeout` seconds."""
         sock = self.client.socket()
-        try:
-            data = socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-        return data == b""
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # already decrypted, the kernel would not report it
+        with self._guard("IDLE"), selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ)
+            return bool(selector.select(timeout))
 
     def _start_idle(self) -> None:
         now = time.monotonic()
@@ -357,14 +347,17 @@ class ImapSource:
             self.client.idle()
         self._idle_since = now
 
-    def _end_idle(self) -> None:
+    def _end_idle(self) -> list[tuple[Any, ...]]:
+        """DONE; returns the untagged responses the server sent while idling."""
         if self._idle_since is None:
-            return
+            return []
         self._idle_since = None
         with self._guard("IDLE DONE"):
             _, responses = self.client.idle_done()
-        if any(_is_bye(tuple(item)) for item in responses):
-            raise self._unavailable("server said BYE while ending IDLE")
+        found = [tuple(item) for item in responses]
+        if any(_is_bye(item) for item in found):
+            raise self._unavailable(f"server said BYE during IDLE: {found}")
+        return found
 
     # -- setting mail aside --------------------------------------------------------------
     def mark_processed(self, uids: Sequence[int]) -> None:

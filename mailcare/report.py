@@ -14,6 +14,7 @@ import html
 import io
 import itertools
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,9 @@ LAST_SENT_KEY = "report_last_sent"
 SCOPE_COLOURS = {"in": "#2f7d4f", "route": "#3b6fb6", "out": "#c7772b", "unsure": "#9a9a9a"}
 MAIL_COLOURS = {"in": "#3b6fb6", "out": "#2f7d4f"}
 PROMISE_COLOUR = "#b83232"
+# Bars per time chart before days are grouped into weeks, then into 30-day stretches.
+MAX_BARS = 62
+_GROUPS = ((1, "day"), (7, "week"), (30, "30 days"), (365, "year"))
 # Owners beyond this many are summed into one bar, so the chart stays readable.
 MAX_OWNER_BARS = 15
 
@@ -202,6 +206,27 @@ def owners_chart(owners: Sequence[Mapping[str, Any]], names: Mapping[str, str]) 
     return figure
 
 
+def grouped_days(daily: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The daily series, summed by week or by 30 days when a bar per day would be too many
+    to read (and to draw: matplotlib spends milliseconds on every bar). Each group is
+    labelled with its first day."""
+    size, unit = next(((s, u) for s, u in _GROUPS if len(daily) <= s * MAX_BARS), _GROUPS[-1])
+    if size == 1:
+        return [dict(day) for day in daily], unit
+    groups = []
+    for start in range(0, len(daily), size):
+        days = daily[start : start + size]
+        scope: Counter[str] = Counter()
+        for day in days:
+            scope.update(day["scope"])
+        groups.append({
+            "day": days[0]["day"],
+            **{key: sum(d[key] for d in days) for key in ("mails_in", "mails_out", "new_cases")},
+            "scope": dict(scope),
+        })  # fmt: skip
+    return groups, unit
+
+
 def svg(figure: Figure, prefix: str) -> str:
     """The figure as an inline `<svg>` element with no URL in it and ids unique to `prefix`.
 
@@ -258,13 +283,14 @@ def render_html(
 ) -> str:
     """The whole page. `names` maps owner addresses to the agents' names for the chart."""
     period = summary["period"]
+    series, unit = grouped_days(summary["daily"])
     charts = [
-        ("Mails per day", mails_chart(summary["daily"])),
+        (f"Mails per {unit}", mails_chart(series)),
         (
             "First response (working hours) against the promise",
             response_chart(summary["first_response"]),
         ),
-        ("Scope decisions per day", scope_chart(summary["daily"])),
+        (f"Scope decisions per {unit}", scope_chart(series)),
         ("Open cases per owner", owners_chart(summary["owners"], names or {})),
     ]
     figures = "\n".join(

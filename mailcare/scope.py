@@ -16,6 +16,7 @@ files; the rest works on plain strings.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,15 +24,17 @@ import re
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
 import sklearn
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
@@ -78,10 +81,15 @@ def document(subject: str, text: str) -> str:
     return f"{subject.strip()}\n{text.strip()}".strip()
 
 
+# Combining marks left by NFKD decomposition (Latin accents and their extended blocks).
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+
+
 def fold(text: str) -> str:
     """Case- and accent-insensitive form: customers write `perche`, `perché` and `PERCHE'`."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    if text.isascii():
+        return text.lower()
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", text.casefold()))
 
 
 _DIGITS = re.compile(r"\d+")
@@ -105,10 +113,24 @@ class RuleHit:
     what: str  # "keyword 'stampante'", "regex '...'", "sender 'x@y'"
 
 
-def _keyword_pattern(keyword: str) -> re.Pattern[str]:
-    """A whole-word, whole-phrase match: `pec` must not fire inside `specifico`."""
+def _phrase(keyword: str) -> str:
+    """A whole-word, whole-phrase pattern: `pec` must not fire inside `specifico`."""
     words = [re.escape(word) for word in fold(keyword).split()]
-    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)")
+    return r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
+
+
+@functools.lru_cache(maxsize=256)
+def _keywords_pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern per category, so a mail with no hit costs one search, not one per rule."""
+    phrases = [_phrase(keyword) for keyword in keywords if keyword.strip()]
+    return re.compile("|".join(f"(?:{p})" for p in phrases)) if phrases else None
+
+
+def _keyword_hits(keywords: tuple[str, ...], folded: str) -> list[str]:
+    pattern = _keywords_pattern(keywords)
+    if pattern is None or not pattern.search(folded):
+        return []
+    return [kw for kw in keywords if kw.strip() and re.search(_phrase(kw), folded)]
 
 
 def _sender_matches(rule: str, sender: str) -> bool:
@@ -124,11 +146,7 @@ def _sender_matches(rule: str, sender: str) -> bool:
 def _category_hits(
     name: str, category: ScopeCategory, folded: str, raw: str, sender: str
 ) -> list[RuleHit]:
-    hits = [
-        RuleHit(name, f"keyword '{kw}'")
-        for kw in category.keywords
-        if kw.strip() and _keyword_pattern(kw).search(folded)
-    ]
+    hits = [RuleHit(name, f"keyword '{kw}'") for kw in _keyword_hits(category.keywords, folded)]
     hits += [
         RuleHit(name, f"regex '{rx}'")
         for rx in category.regex
@@ -201,10 +219,38 @@ def build_features() -> FeatureUnion:
     return FeatureUnion([("words", words), ("chars", chars)])
 
 
-def build_classifier(n_splits: int) -> CalibratedClassifierCV:
-    """A linear SVM; `n_splits` folds calibrate its scores into probabilities."""
+@dataclass
+class Calibrated:
+    """A linear SVM and the logistic regression that turns its scores into probabilities.
+
+    The regression is fitted on cross-validated SVM scores (Platt's method, all classes at
+    once), so the probabilities reflect mail the SVM had not seen.
+    """
+
+    svm: LinearSVC
+    calibrator: LogisticRegression
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(label) for label in self.calibrator.classes_]
+
+
+def _scores_2d(scores: np.ndarray) -> np.ndarray:
+    """SVM scores as (n, k): a two-class SVM returns one column, flattened."""
+    return scores.reshape(-1, 1) if scores.ndim == 1 else scores
+
+
+def fit_calibrated(matrix: Any, labels: Sequence[str]) -> Calibrated:
+    """Fit the SVM, and calibrate on `n_splits`-fold out-of-fold scores."""
+    counts = Counter(labels)
+    thin = sorted(label for label, n in counts.items() if n < 2)
+    if thin:
+        raise ValueError(f"categories with fewer than 2 examples: {', '.join(thin)}")
+    folds = StratifiedKFold(n_splits=min(5, *counts.values()), shuffle=True, random_state=0)
     svm = LinearSVC(C=0.5, class_weight="balanced")
-    return CalibratedClassifierCV(svm, method="sigmoid", cv=n_splits, ensemble=False)
+    held_out = cross_val_predict(svm, matrix, labels, cv=folds, method="decision_function")
+    calibrator = LogisticRegression(C=1.0, max_iter=1000).fit(_scores_2d(held_out), labels)
+    return Calibrated(svm.fit(matrix, labels), calibrator)
 
 
 @dataclass
@@ -218,20 +264,12 @@ class Fitted:
     """
 
     features: FeatureUnion
-    by_category: CalibratedClassifierCV
-    by_kind: CalibratedClassifierCV | None  # None when the data holds a single kind
+    by_category: Calibrated
+    by_kind: Calibrated | None  # None when the data holds a single kind
 
     @property
     def classes(self) -> list[str]:
-        return [str(label) for label in self.by_category.classes_]
-
-
-def _splits(labels: Sequence[str]) -> int:
-    counts = Counter(labels)
-    thin = sorted(label for label, n in counts.items() if n < 2)
-    if thin:
-        raise ValueError(f"categories with fewer than 2 examples: {', '.join(thin)}")
-    return min(5, *counts.values())
+        return self.by_category.classes
 
 
 def fit(examples: Sequence[Example], kinds: Mapping[str, str]) -> Fitted:
@@ -243,12 +281,93 @@ def fit(examples: Sequence[Example], kinds: Mapping[str, str]) -> Fitted:
         raise ValueError("scope needs examples of at least two categories")
     features = build_features()
     matrix = features.fit_transform([example.document for example in examples])
-    by_category = build_classifier(_splits(labels)).fit(matrix, labels)
+    by_category = fit_calibrated(matrix, labels)
     kind_labels = [kinds.get(label, "in") for label in labels]
-    by_kind = None
-    if len(set(kind_labels)) > 1:
-        by_kind = build_classifier(_splits(kind_labels)).fit(matrix, kind_labels)
+    by_kind = fit_calibrated(matrix, kind_labels) if len(set(kind_labels)) > 1 else None
     return Fitted(features, by_category, by_kind)
+
+
+# Prediction runs once per new case; scikit-learn's per-call input checks cost ~10 ms each
+# on a small server, so the fitted parameters (vocabulary_, idf_, coef_, intercept_) are
+# applied with numpy instead. tests/test_scope.py checks the result equals scikit-learn's.
+
+
+# A document as the union's sparse row: column indices and their tf-idf values.
+Vector = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class _Block:
+    """One fitted TfidfVectorizer: its analyzer and the columns it owns in the union."""
+
+    analyze: Callable[[str], list[str]]
+    vocabulary: dict[str, int]
+    idf: np.ndarray
+    offset: int
+
+    def encode(self, doc: str) -> Vector:
+        found: list[int] = []
+        tf: list[int] = []
+        for token, count in Counter(self.analyze(doc)).items():
+            column = self.vocabulary.get(token)
+            if column is not None:
+                found.append(column)
+                tf.append(count)
+        if not found:
+            return np.zeros(0, dtype=np.intp), np.zeros(0)
+        index = np.array(found, dtype=np.intp)
+        values = (1.0 + np.log(np.array(tf, dtype=float))) * self.idf[index]  # sublinear tf
+        return index + self.offset, values / np.linalg.norm(values)
+
+
+@dataclass
+class _Linear:
+    """SVM weights (features x k, for row lookups) and the calibrating regression."""
+
+    weights: np.ndarray
+    intercept: np.ndarray
+    calibration: np.ndarray
+    calibration_intercept: np.ndarray
+
+    @classmethod
+    def of(cls, model: Calibrated) -> _Linear:
+        return cls(
+            np.ascontiguousarray(np.asarray(model.svm.coef_).T),
+            np.asarray(model.svm.intercept_),
+            np.asarray(model.calibrator.coef_),
+            np.asarray(model.calibrator.intercept_),
+        )
+
+    def proba(self, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        scores = values @ self.weights[index] + self.intercept
+        z = self.calibration @ scores + self.calibration_intercept
+        if len(z) == 1:  # two classes: the regression models the second one
+            p = 1.0 / (1.0 + np.exp(-z[0]))
+            return np.array([1.0 - p, p])
+        e = np.exp(z - z.max())
+        return np.asarray(e / e.sum())
+
+
+class _Predictor:
+    """The numpy form of a `Fitted`, built once per loaded model."""
+
+    def __init__(self, fitted: Fitted) -> None:
+        self.blocks: list[_Block] = []
+        offset = 0
+        for _, vectorizer in fitted.features.transformer_list:
+            vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
+            idf = np.asarray(vectorizer.idf_)
+            self.blocks.append(_Block(vectorizer.build_analyzer(), vocabulary, idf, offset))
+            offset += len(idf)
+        self.by_category = _Linear.of(fitted.by_category)
+        self.by_kind = _Linear.of(fitted.by_kind) if fitted.by_kind is not None else None
+        self.kind_classes = fitted.by_kind.classes if fitted.by_kind is not None else []
+        words = fitted.features.transformer_list[0][1]
+        self.words = [str(w) for w in words.get_feature_names_out()]
+
+    def encode(self, doc: str) -> Vector:
+        parts = [block.encode(doc) for block in self.blocks]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 @dataclass
@@ -262,6 +381,7 @@ class ScopeModel:
     margin: float = DEFAULT_MARGIN
     examples: int = 0
     origin: str = "trained"  # or "cache": which path load_or_train took
+    _predictor: _Predictor | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def train(
@@ -286,24 +406,30 @@ class ScopeModel:
     def classes(self) -> list[str]:
         return self.fitted.classes
 
+    @property
+    def predictor(self) -> _Predictor:
+        if self._predictor is None:
+            self._predictor = _Predictor(self.fitted)
+        return self._predictor
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Per-category probabilities, columns in `classes` order."""
-        matrix = self.fitted.features.transform(list(texts))
-        return np.asarray(self.fitted.by_category.predict_proba(matrix))
+        return np.array([self.probabilities(text)[0] for text in texts])
 
-    def kind_proba(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Category probabilities and, per text, the averaged {in, out, route} probabilities."""
-        matrix = self.fitted.features.transform(list(texts))
-        proba = np.asarray(self.fitted.by_category.predict_proba(matrix))
-        groups = np.stack([proba[:, self._kind_mask(kind)].sum(axis=1) for kind in KINDS], 1)
-        by_kind = self.fitted.by_kind
-        if by_kind is not None:
-            direct = np.asarray(by_kind.predict_proba(matrix))
-            order = [
-                list(by_kind.classes_).index(k) if k in by_kind.classes_ else -1 for k in KINDS
-            ]
-            aligned = np.stack([direct[:, i] if i >= 0 else np.zeros(len(proba)) for i in order], 1)
-            groups = (groups + aligned) / 2
+    def probabilities(self, doc: str) -> tuple[np.ndarray, dict[str, float]]:
+        """Category probabilities and the {in, out, route} probabilities for one document."""
+        return self._probabilities(self.predictor.encode(doc))
+
+    def _probabilities(self, vector: Vector) -> tuple[np.ndarray, dict[str, float]]:
+        """The kind probabilities average the category model's sums per kind with the kind
+        model's own answer."""
+        predictor = self.predictor
+        proba = predictor.by_category.proba(*vector)
+        groups = {kind: float(proba[self._kind_mask(kind)].sum()) for kind in KINDS}
+        if predictor.by_kind is not None:
+            kind_proba = predictor.by_kind.proba(*vector)
+            direct = dict(zip(predictor.kind_classes, kind_proba, strict=True))
+            groups = {k: (groups[k] + float(direct.get(k, 0.0))) / 2 for k in KINDS}
         return proba, groups
 
     def _kind_mask(self, kind: str) -> np.ndarray:
@@ -317,14 +443,17 @@ class ScopeModel:
         doc = document(subject, text)
         if not fold(doc).strip():
             return Decision("unsure", "", 0.0, "model: empty mail", "")
-        proba, groups = self.kind_proba([doc])
-        return self.decide_proba(proba[0], dict(zip(KINDS, groups[0].tolist(), strict=True)), doc)
+        vector = self.predictor.encode(doc)
+        proba, groups = self._probabilities(vector)
+        return self.decide_proba(proba, groups, vector)
 
-    def decide_proba(self, proba: np.ndarray, groups: Mapping[str, float], doc: str) -> Decision:
-        """The decision for one mail's probabilities; `doc` only feeds the reason."""
+    def decide_proba(
+        self, proba: np.ndarray, groups: Mapping[str, float], vector: Vector
+    ) -> Decision:
+        """The decision for one mail's probabilities; `vector` only feeds the reason."""
         kind = self._kind(groups)
         category, p_category = self._best(proba, None if kind == "unsure" else kind)
-        terms = self.terms(doc, category) if category else []
+        terms = self._terms(vector, category) if category else []
         reason = _model_reason(kind, groups, category, p_category, terms)
         if kind == "unsure":
             return Decision("unsure", category, round(max(groups.values()), 4), reason, "")
@@ -354,25 +483,26 @@ class ScopeModel:
 
     def terms(self, doc: str, category: str, limit: int = REASON_TERMS) -> list[str]:
         """The words in `doc` that pushed hardest toward `category` (reasons, not n-grams)."""
+        return self._terms(self.predictor.encode(doc), category, limit)
+
+    def _terms(self, vector: Vector, category: str, limit: int = REASON_TERMS) -> list[str]:
         if category not in self.classes:
             return []
-        union = self.fitted.features
-        vectorizer = dict(union.transformer_list)["words"]
-        words = vectorizer.get_feature_names_out()
-        weights = self._coef(category)[: len(words)]
-        row = vectorizer.transform([doc]).tocsr()
-        scores = row.data * weights[row.indices]
+        predictor = self.predictor
+        index, values = vector
+        words = index < len(predictor.words)  # the word block comes first in the union
+        index, values = index[words], values[words]
+        scores = values * self._weights(category)[index]
         order = np.argsort(-scores)[:limit]
-        return [str(words[row.indices[i]]) for i in order if scores[i] > 0]
+        return [predictor.words[index[i]] for i in order if scores[i] > 0]
 
-    def _coef(self, category: str) -> np.ndarray:
-        """The SVM's weights for one category (the calibrated wrapper keeps the SVM)."""
-        svm = self.fitted.by_category.calibrated_classifiers_[0].estimator
-        coef = np.asarray(svm.coef_)
-        index = self.classes.index(category)
-        if coef.shape[0] == 1:  # two classes: one row, positive means classes[1]
-            return coef[0] if index == 1 else -coef[0]
-        return coef[index]
+    def _weights(self, category: str) -> np.ndarray:
+        """The SVM weights toward a category (a two-class SVM has one column, for classes[1])."""
+        weights = self.predictor.by_category.weights
+        position = self.classes.index(category)
+        if weights.shape[1] == 1:
+            return weights[:, 0] if position == 1 else -weights[:, 0]
+        return weights[:, position]
 
 
 def _model_reason(

@@ -87,7 +87,7 @@ def customer_mail(sender: str = "mario.rossi@libero.it", subject: str = "Interne
                   **headers: str) -> bytes:
     msg = EmailMessage()
     msg["From"] = f"Cliente <{sender}>"
-    msg["To"] = SUPPORT
+    msg["To"] = headers.pop("To", SUPPORT)
     msg["Subject"] = subject
     msg["Date"] = format_datetime(_now())
     msg["Message-ID"] = headers.pop("message_id", None) or make_msgid(domain="lab.test")

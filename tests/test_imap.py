@@ -257,13 +257,13 @@ def test_i05_idle_reissued_only_after_idle_renew(
     def idle_commands(renew: float) -> int:
         proxy = fault_proxy(server.host, server.port)
         source = open_source(proxy.host, proxy.port, server.user, idle_renew=renew)
-        for _ in range(5):
-            source.wait(0.25)
+        for _ in range(4):
+            source.wait(0.15)
         source.close()
         return proxy.upstream.upper().count(b" IDLE\r\n")
 
     assert idle_commands(renew=600) == 1  # short wait() slices keep one IDLE open
-    assert 2 <= idle_commands(renew=0.4) <= 5
+    assert 2 <= idle_commands(renew=0.2) <= 4
 
 
 def test_i03_bye_during_idle_raises_fast_without_spinning(server: Server, open_source: Any) -> None:
@@ -304,12 +304,12 @@ def test_i04_stalled_server_raises_within_the_timeout(
 ) -> None:
     server.deliver(message(1))
     proxy = fault_proxy(server.host, server.port)
-    source = open_source(proxy.host, proxy.port, server.user, timeout=1.0)
+    source = open_source(proxy.host, proxy.port, server.user, timeout=0.5)
     proxy.stall()
     started = time.monotonic()
     with pytest.raises(ImapUnavailable, match=r"(?i)timeout|timed out"):
         source.uids_after(0)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 2.0
     source.close()
 
 
@@ -317,14 +317,14 @@ def test_i04_stall_during_idle_is_caught_when_idle_ends(
     server: Server, fault_proxy: Any, open_source: Any
 ) -> None:
     proxy = fault_proxy(server.host, server.port)
-    source = open_source(proxy.host, proxy.port, server.user, timeout=1.0)
-    assert source.wait(0.2) is False  # IDLE established
+    source = open_source(proxy.host, proxy.port, server.user, timeout=0.5)
+    assert source.wait(0.1) is False  # IDLE established
     proxy.stall()
-    assert source.wait(0.3) is False  # silence in IDLE is normal
+    assert source.wait(0.2) is False  # silence in IDLE is normal
     started = time.monotonic()
     with pytest.raises(ImapUnavailable):
         source.uids_after(0)  # DONE gets no answer
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 2.0
     source.close()
 
 

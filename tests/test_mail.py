@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import base64
+import importlib
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -602,9 +605,13 @@ def test_forwarded_message_is_an_attachment() -> None:
         "--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: c@x.test\r\nSubject: inner\r\n\r\n"
         "inner body\r\n--b--\r\n"
     )
-    parsed = parse(mail('Content-Type: multipart/mixed; boundary="b"', body=body))
+    raw = mail('Content-Type: multipart/mixed; boundary="b"', body=body)
+    parsed = parse(raw)
     assert parsed.text == "Forwarding this."
     assert [a.content_type for a in parsed.attachments] == ["message/rfc822"]
+    assert attachments_payloads(raw) == [
+        ("", "message/rfc822", b"From: c@x.test\r\nSubject: inner\r\n\r\ninner body")
+    ]
 
 
 ITALIAN_OUTLOOK = """Buongiorno,
@@ -731,3 +738,21 @@ def test_language_of_parsed_mail() -> None:
         ).language
         == "en"
     )
+
+
+# --------------------------------------------------------------------------- purity
+
+
+@pytest.mark.parametrize("module", ["mailcare.mail", "mailcare.bounces"])
+def test_parsing_stays_in_the_pure_core(module: str) -> None:
+    """No sockets, SQLite, asyncio or clock: parsing is a function of the bytes."""
+    source = Path(str(importlib.import_module(module).__file__)).read_text()
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    forbidden = {"sqlite_utils", "sqlite3", "imapclient", "aiosmtplib", "asyncio", "socket", "time"}
+    assert not imported & forbidden
+    assert ".now(" not in source and "today(" not in source

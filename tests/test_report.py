@@ -7,6 +7,7 @@ import email.policy
 import json
 import re
 import subprocess
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from test_stats import (
 from mailcare.cli import main
 from mailcare.config import Settings, from_mapping
 from mailcare.report import (
+    grouped_days,
     last_report_sent,
     render_html,
     report_due,
@@ -125,6 +127,36 @@ def test_many_owners_are_grouped(summary: dict[str, Any]) -> None:
     page = render_html(summary, company="ExampleNet")
     assert "16 others" in page
     assert "agent29@x" in page and "agent0@x" not in page.split("<h2>")[0]
+
+
+def _days(count: int) -> list[dict[str, Any]]:
+    start = date(2026, 1, 1)
+    return [
+        {"day": (start + timedelta(days=n)).isoformat(), "mails_in": 1, "mails_out": 2,
+         "new_cases": 1, "scope": {"in": 1} if n % 2 else {"out": 1}}
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def test_long_periods_are_drawn_by_week_or_by_30_days() -> None:
+    """One bar a day up to 62 days; then weeks; then 30-day stretches."""
+    daily, unit = grouped_days(_days(62))
+    assert (len(daily), unit) == (62, "day")
+    weekly, unit = grouped_days(_days(100))
+    assert (len(weekly), unit) == (15, "week")
+    assert weekly[0] == {"day": "2026-01-01", "mails_in": 7, "mails_out": 14, "new_cases": 7,
+                         "scope": {"out": 4, "in": 3}}  # fmt: skip
+    assert weekly[-1]["day"] == "2026-04-09" and weekly[-1]["mails_in"] == 2
+    assert sum(w["mails_out"] for w in weekly) == 200
+    stretches, unit = grouped_days(_days(731))
+    assert (len(stretches), unit) == (25, "30 days")
+
+
+def test_page_of_a_long_period_names_its_unit(summary: dict[str, Any]) -> None:
+    summary = json.loads(json.dumps(summary))
+    summary["daily"] = _days(100)
+    page = render_html(summary, company="ExampleNet")
+    assert "Mails per week" in page and "Scope decisions per week" in page
 
 
 def test_svg_is_bare_and_prefixed() -> None:

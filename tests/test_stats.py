@@ -209,6 +209,12 @@ def test_parse_since_names_the_bad_value(text: str) -> None:
         parse_since(text)
 
 
+def test_parse_since_caps_the_period_at_ten_years() -> None:
+    assert parse_since("3660d") == 3660 * 86400
+    with pytest.raises(ValueError, match="'523w' is too long a period"):
+        parse_since("523w")
+
+
 # -- the summary, exactly --------------------------------------------------------------------
 
 
@@ -342,6 +348,7 @@ def test_summarize_on_literal_rows() -> None:
     )
     summary = summarize(rows, OFFICE, at(23, 12), promise_hours=2.0)
     assert summary["first_response"]["p50"] == 1.0
+    assert summary["first_response"]["answered"] == 1
     assert summary["first_response"]["within_promise"] == 1
     assert summary["first_response"]["histogram"]["bin_hours"] == 0.5
     assert summary["volume"]["by_language"] == {"de": 1}
@@ -498,6 +505,16 @@ def test_numbers_do_not_depend_on_the_time_zone_of_the_machine(
         monkeypatch.delenv("TZ")
         time.tzset()
     assert again == summary
+
+
+def test_unanswered_subjects_are_one_printable_line() -> None:
+    """A subject is the customer's text: no terminal escape or line break reaches the table."""
+    row = CaseRow(8, None, "new", "it", "unsure", "", 0, "Ciao\x1b[2J\r\nBcc: x\t" + "y" * 300,
+                  at(20, 9), None, None)
+    rows = Rows(at(20, 0), [row], [row], [], {None: 1}, {}, {}, [], {}, {}, 0, 0, None, 0)
+    [item] = summarize(rows, OFFICE, at(23, 12))["first_response"]["oldest_unanswered"]
+    assert item["subject"] == "Ciao [2J Bcc: x " + "y" * 84
+    assert item["age_hours"] == 12.0  # Friday 09:00-18:00 and Monday 09:00-12:00
 
 
 def test_period_days_cover_since_to_now() -> None:
