@@ -1153,21 +1153,44 @@ class Draft:
     """Everything a message will say, before MIME. `_fit` grows or trims `paste`, `quote` and
     the attachment until the rendered size lands on the target."""
 
-    kind: str
+    kind: str  # "new", "reply" or "auto"
     customer: Customer
     lang: str
+    when: datetime
+    subject: str  # as meant, before any encoding
+    topic: Topic
+    case: int  # the case number support gave the thread
     charset: str  # "utf-8" or "iso-8859-1"
     html: bool
-    headers: list[tuple[str, str]]
-    body: list[tuple[str, str]]  # ("p", paragraph) | ("l", lines kept as written)
     closing: list[tuple[str, str]]
-    paste_kind: str = "legal"
+    paste_kind: str
+    boundaries: tuple[str, str]
+    body: list[tuple[str, str]] = field(default_factory=list)  # ("p", paragraph) | ("l", lines)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    message_id: str = ""
+    references: tuple[str, ...] = ()
+    in_reply_to: str = ""
+    thread_index: str | None = None
+    envelope_from: str = ""  # "" for the null sender
     paste: list[str] = field(default_factory=list)
     quote_head: str = ""
     quote: str = ""  # the quoted mail's text, not yet prefixed
     attachments: list[Attachment] = field(default_factory=list)
-    boundaries: tuple[str, str] = ("", "")
     text: str = ""  # the text/plain body as last rendered
+
+
+def _record(d: Draft) -> Record:
+    return Record(
+        message_id=d.message_id,
+        references=d.references,
+        subject=d.subject,
+        text=_trim(d.text, QUOTE_KEEP),
+        when=d.when,
+        customer=d.customer,
+        topic=d.topic,
+        case=d.case,
+        thread_index=d.thread_index,
+    )
 
 
 # --------------------------------------------------------------------------- MIME output
@@ -1276,13 +1299,20 @@ def _fold_ascii(text: str, room: int) -> str:
     return "\n ".join(textwrap.wrap(text, room, break_long_words=False, break_on_hyphens=False))
 
 
+def _base64_lines(data: bytes) -> str:
+    """Base64 in 76-column lines, as `base64.encodebytes` writes it (that one encodes each
+    57-byte line in a Python loop; one C call and slicing is several times faster)."""
+    flat = binascii.b2a_base64(data, newline=False).decode("ascii")
+    return "".join([flat[i : i + 76] + "\n" for i in range(0, len(flat), 76)])
+
+
 def _text_payload(text: str, charset: str, preferred: str) -> tuple[str, str]:
     """(payload, Content-Transfer-Encoding) the way the client would encode `text`: 7bit when
     plain ASCII allows it, else its preferred encoding (8bit only while lines stay short)."""
     data = text.encode("latin-1" if charset == "iso-8859-1" else "utf-8", "replace")
     longest = max(map(len, text.split("\n")))
     if preferred == "base64":
-        return base64.encodebytes(data).decode("ascii"), "base64"
+        return _base64_lines(data), "base64"
     if data.isascii() and longest <= 998:
         return text, "7bit"
     if preferred == "8bit" and 2 * longest <= 998:
@@ -1291,7 +1321,9 @@ def _text_payload(text: str, charset: str, preferred: str) -> tuple[str, str]:
 
 
 def _leaf(content_type: str, payload: str, cte: str, extra: Sequence[tuple[str, str]] = ()) -> Part:
-    return Part([("Content-Type", content_type), *extra, ("Content-Transfer-Encoding", cte)], payload)
+    return Part(
+        [("Content-Type", content_type), *extra, ("Content-Transfer-Encoding", cte)], payload
+    )
 
 
 def _text_leaf(d: Draft, subtype: str, text: str) -> Part:
@@ -1304,7 +1336,9 @@ def _multipart(subtype: str, boundary: str, parts: list[Part], d: Draft) -> Part
     preamble = None
     if d.customer.client.key in ("thunderbird", "outlook"):
         preamble = "This is a multi-part message in MIME format."
-    return Part([("Content-Type", f'multipart/{subtype};\n boundary="{boundary}"')], parts, preamble)
+    return Part(
+        [("Content-Type", f'multipart/{subtype};\n boundary="{boundary}"')], parts, preamble
+    )
 
 
 def _attachment_leaf(att: Attachment, rng: random.Random) -> Part:
@@ -1314,7 +1348,7 @@ def _attachment_leaf(att: Attachment, rng: random.Random) -> Part:
     else:
         encoded = encode_rfc2231(att.filename, "utf-8")
         name, disposition = f"name*={encoded}", f"attachment;\n filename*={encoded}"
-    payload = base64.encodebytes(data + att.trailer).decode("ascii")
+    payload = _base64_lines(data + att.trailer)
     extra = [("Content-Disposition", disposition)]
     return _leaf(f"{att.content_type};\n {name}", payload, "base64", extra)
 
@@ -1687,73 +1721,58 @@ class Generator:
     def next(self, when: datetime) -> Sample:
         roll = self.rng.random()
         if roll < AUTO_SHARE:
-            d, record = self._auto(when), None
+            d = self._auto(when)
         elif roll < AUTO_SHARE + REPLY_SHARE and self.recent:
-            d, record = self._reply(when)
+            d = self._reply(when)
         else:
-            d, record = self._new(when)
+            d = self._new(when)
         raw = self._fit(d)
-        if record is not None:
-            self.recent.append(replace(record, text=_trim(d.text, QUOTE_KEEP)))
+        if d.kind != "auto":
+            self.recent.append(_record(d))
         return Sample(
             raw=raw,
-            message_id=_header(d, "Message-ID"),
+            message_id=d.message_id,
             kind=d.kind,
             multipart=d.html or bool(d.attachments),
             charset=d.charset,
-            in_reply_to=_header(d, "In-Reply-To") or None,
-            envelope_from=_header(d, "Return-Path").strip("<>"),
+            in_reply_to=d.in_reply_to or None,
+            envelope_from=d.envelope_from,
             received=when,
         )
 
-    def _new(self, when: datetime) -> tuple[Draft, Record]:
+    def _new(self, when: datetime) -> Draft:
         r = self.rng
         customer = self.customer()
         pool = OUT_OF_SCOPE if r.random() < OUT_OF_SCOPE_SHARE else IN_SCOPE
         topic = r.choices(pool, [t.weight for t in pool])[0]
-        lang = customer.lang
-        v = _Values(r, lang, customer, when)
-        subject = r.choice(topic.subjects[lang]).format_map(v)
-        subject = subject[:1].upper() + subject[1:]
-        d = self._draft("new", customer, when, subject, v)
-        d.body = self._new_body(topic, lang, v, customer)
-        d.paste_kind = topic.paste
-        if r.random() < ATTACHMENT_SHARE:
-            d.attachments.append(self._attachment(topic, lang, when))
+        v = _Values(r, customer.lang, customer, when)
         self.cases += 1
-        thread_index = _header(d, "Thread-Index") or None
-        record = Record(
-            _header(d, "Message-ID"),
-            (),
-            subject,
-            "",
-            when,
-            customer,
-            topic,
-            self.cases,
-            thread_index,
-        )
-        return d, record
+        subject = _sentence_case(r.choice(topic.subjects[customer.lang]).format_map(v))
+        d = self._draft("new", customer, when, subject, topic, self.cases, v)
+        d.body = self._new_body(topic, customer.lang, v)
+        if r.random() < ATTACHMENT_SHARE:
+            d.attachments.append(self._attachment(topic, customer.lang, when))
+        self._headers(d)
+        return d
 
-    def _new_body(self, topic: Topic, lang: str, v: _Values, c: Customer) -> list[tuple[str, str]]:
+    def _new_body(self, topic: Topic, lang: str, v: _Values) -> list[tuple[str, str]]:
+        """Greeting, the problem (with an introduction now and then), perhaps the details
+        support will ask for anyway, what was tried and what is wanted."""
         r = self.rng
         p = PHRASES[lang]
         problems = topic.problems[lang]
         sentences = [r.choice(p.intros)] if r.random() < 0.5 else []
         sentences += r.sample(problems, min(len(problems), r.randint(1, 3)))
-        body = [
-            ("l", r.choice(p.greetings)),
-            ("p", _sentence_case(" ".join(sentences).format_map(v))),
-        ]
+        body = [("l", r.choice(p.greetings)), ("p", _sentence_case(" ".join(sentences)))]
         if r.random() < 0.45:
-            lines = r.sample(p.details, r.randint(2, 4))
-            body.append(("l", "\n".join(lines).format_map(v)))
+            body.append(("l", "\n".join(r.sample(p.details, r.randint(2, 4)))))
         tail = [r.choice(p.tried)] if r.random() < 0.6 else []
         tail.append(r.choice(p.requests))
-        body.append(("p", " ".join(tail).format_map(v)))
-        return body
+        body.append(("p", " ".join(tail)))
+        return [(kind, text.format_map(v)) for kind, text in body]
 
-    def _reply(self, when: datetime) -> tuple[Draft, Record]:
+    def _reply(self, when: datetime) -> Draft:
+        """A follow-up to a recent mail, mostly by its author, quoting it below the new text."""
         r = self.rng
         k = len(self.recent)
         parent = self.recent[k - 1 - min(r.randrange(k), r.randrange(k))]  # recent ones more often
@@ -1761,31 +1780,18 @@ class Generator:
         lang = customer.lang
         v = _Values(r, lang, customer, when)
         subject = customer.client.prefix[lang] + _strip_prefix(parent.subject)
-        d = self._draft("reply", customer, when, subject, v, parent)
+        d = self._draft("reply", customer, when, subject, parent.topic, parent.case, v)
         p = PHRASES[lang]
         text = _sentence_case(" ".join(r.sample(p.follow_ups, r.randint(1, 2))).format_map(v))
         if r.random() < 0.4:
             text += " " + r.choice(parent.topic.problems[lang]).format_map(v)
         d.body = [("l", r.choice(p.greetings)), ("p", text)] if r.random() < 0.7 else [("p", text)]
-        d.paste_kind = parent.topic.paste
         d.quote_head = _attribution(parent, customer.client.key, lang)
         d.quote = parent.text
         if r.random() < ATTACHMENT_SHARE / 2:
             d.attachments.append(self._attachment(parent.topic, lang, when))
-        refs = (*parent.references, parent.message_id)[-12:]
-        thread_index = _header(d, "Thread-Index") or None
-        record = Record(
-            _header(d, "Message-ID"),
-            refs,
-            subject,
-            "",
-            when,
-            customer,
-            parent.topic,
-            parent.case,
-            thread_index,
-        )
-        return d, record
+        self._headers(d, parent)
+        return d
 
     def _auto(self, when: datetime) -> Draft:
         """An out-of-office answer to the acknowledgement support sent for an earlier mail."""
@@ -1795,16 +1801,15 @@ class Generator:
         lang = customer.lang
         p = PHRASES[lang]
         v = _Values(r, lang, customer, when)
-        base = (
-            parent.subject if parent else r.choice(r.choice(IN_SCOPE).subjects[lang]).format_map(v)
-        )
+        topic = parent.topic if parent else r.choice(IN_SCOPE)
+        base = parent.subject if parent else r.choice(topic.subjects[lang]).format_map(v)
         case = parent.case if parent else self.cases
         acked = f"[{CASE_TAG} #{case}] {_strip_prefix(base)}"
-        d = self._draft(
-            "auto", customer, when, r.choice(p.away_subjects).format(acked), v, ack_of=case
-        )
+        subject = r.choice(p.away_subjects).format(acked)
+        d = self._draft("auto", customer, when, subject, topic, case, v)
         d.body = [("p", " ".join(p.away).format_map(v))]
         d.paste_kind = "legal"
+        self._headers(d)
         return d
 
     # ---- shared parts
@@ -1815,26 +1820,26 @@ class Generator:
         c: Customer,
         when: datetime,
         subject: str,
+        topic: Topic,
+        case: int,
         v: _Values,
-        parent: Record | None = None,
-        ack_of: int | None = None,
     ) -> Draft:
         r = self.rng
         client = c.client
-        charset = "iso-8859-1" if r.random() < client.latin1_share else "utf-8"
-        d = Draft(
+        return Draft(
             kind=kind,
             customer=c,
             lang=c.lang,
-            charset=charset,
+            when=when,
+            subject=subject,
+            topic=topic,
+            case=case,
+            charset="iso-8859-1" if r.random() < client.latin1_share else "utf-8",
             html=r.random() < client.html_share,
-            headers=[],
-            body=[],
             closing=self._closing(c, v),
+            paste_kind=topic.paste,
             boundaries=(_boundary(r, client.key), _boundary(r, client.key)),
         )
-        d.headers = self._headers(d, when, subject, parent, ack_of)
-        return d
 
     def _closing(self, c: Customer, v: _Values) -> list[tuple[str, str]]:
         r = self.rng
@@ -1887,41 +1892,34 @@ class Generator:
                 self.seen_ids.add(mid)
                 return mid
 
-    def _headers(
-        self, d: Draft, when: datetime, subject: str, parent: Record | None, ack_of: int | None
-    ) -> list[tuple[str, str]]:
-        """Trace headers as the MX would add them, then the ones the sender's program wrote."""
+    def _headers(self, d: Draft, parent: Record | None = None) -> None:
+        """Trace headers as the MX adds them, then the ones the sender's program wrote."""
         r = self.rng
         c = d.customer
         label = "iso-8859-1" if d.charset == "iso-8859-1" else c.client.charset_label
-        mid = self._message_id(c, when)
-        headers = _trace(r, c, when, null_sender=d.kind == "auto" and r.random() < 0.5)
+        d.message_id = self._message_id(c, d.when)
+        null_sender = d.kind == "auto" and r.random() < 0.5
+        d.envelope_from = "" if null_sender else c.addr
+        subject = _latin1(d.subject) if d.charset == "iso-8859-1" else d.subject
         sender = formataddr((_name(d, c.name), c.addr), charset=_charset(label, c.client.words))
-        headers += [
+        d.headers = _trace(r, c, d.when, d.envelope_from)
+        d.headers += [
             ("From", sender),
             ("To", _support_to(r)),
-            (
-                "Subject",
-                encode_words(
-                    _latin1(subject) if d.charset == "iso-8859-1" else subject,
-                    label,
-                    c.client.words,
-                ),
-            ),
-            ("Date", format_datetime(when.astimezone(c.tz))),
-            ("Message-ID", mid),
+            ("Subject", encode_words(subject, label, c.client.words)),
+            ("Date", format_datetime(d.when.astimezone(c.tz))),
+            ("Message-ID", d.message_id),
         ]
         if d.kind == "new" and r.random() < 0.07:
-            headers.append(("Cc", self._cc(c)))
-        headers += _threading(r, d, parent, ack_of, subject, label)
+            d.headers.append(("Cc", self._cc(c)))
+        d.headers += _threading(r, d, parent, label)
         if c.client.agent:
-            headers.append(c.client.agent)
+            d.headers.append(c.client.agent)
         if d.kind == "auto":
-            headers += _auto_headers(r, c)
+            d.headers += _auto_headers(r, c)
         if c.client.key == "outlook":
-            headers.append(("Content-Language", "it-IT" if d.lang == "it" else "en-US"))
-        headers.append(("MIME-Version", "1.0 (1.0)" if c.client.key == "apple" else "1.0"))
-        return headers
+            d.headers.append(("Content-Language", "it-IT" if d.lang == "it" else "en-US"))
+        d.headers.append(("MIME-Version", "1.0 (1.0)" if c.client.key == "apple" else "1.0"))
 
     def _cc(self, c: Customer) -> str:
         r = self.rng
@@ -2020,10 +2018,6 @@ def _trim(text: str, limit: int) -> str:
     return text[: cut if cut > 0 else limit]
 
 
-def _header(d: Draft, name: str) -> str:
-    return next((value for key, value in d.headers if key == name), "")
-
-
 def _name(d: Draft, name: str) -> str:
     return _latin1(name) if d.charset == "iso-8859-1" else name
 
@@ -2062,24 +2056,26 @@ def _support_to(r: random.Random) -> str:
 
 
 def _threading(
-    r: random.Random, d: Draft, parent: Record | None, ack_of: int | None, subject: str, label: str
+    r: random.Random, d: Draft, parent: Record | None, label: str
 ) -> list[tuple[str, str]]:
-    """In-Reply-To/References, and Outlook's Thread-Topic/Thread-Index."""
+    """In-Reply-To/References (to the parent, or for an auto-reply to support's
+    acknowledgement), and Outlook's Thread-Topic/Thread-Index."""
     out: list[tuple[str, str]] = []
     if parent is not None:
-        refs = (*parent.references, parent.message_id)[-12:]
-        out += [("In-Reply-To", parent.message_id), ("References", "\n ".join(refs))]
-    elif ack_of is not None:
-        ack = f"<{r.getrandbits(64):016x}.ack.{ack_of}@examplenet.it>"
-        out += [("In-Reply-To", ack), ("References", ack)]
+        d.in_reply_to = parent.message_id
+        d.references = (*parent.references, parent.message_id)[-12:]
+    elif d.kind == "auto":
+        d.in_reply_to = f"<{r.getrandbits(64):016x}.ack.{d.case}@examplenet.it>"
+        d.references = (d.in_reply_to,)
+    if d.in_reply_to:
+        out += [("In-Reply-To", d.in_reply_to), ("References", "\n ".join(d.references))]
     if d.customer.client.key == "outlook":
-        topic = encode_words(_strip_prefix(subject), label, "Q")
-        index = base64.b64encode(r.randbytes(22)).decode("ascii")
+        index = r.randbytes(22)
         if parent is not None and parent.thread_index:
-            index = base64.b64encode(base64.b64decode(parent.thread_index) + r.randbytes(5)).decode(
-                "ascii"
-            )
-        out += [("Thread-Topic", topic), ("Thread-Index", index)]
+            index = base64.b64decode(parent.thread_index) + r.randbytes(5)
+        d.thread_index = base64.b64encode(index).decode("ascii")
+        topic = encode_words(_strip_prefix(d.subject), label, "Q")
+        out += [("Thread-Topic", topic), ("Thread-Index", d.thread_index)]
     return out
 
 
@@ -2165,45 +2161,38 @@ def _boundary(r: random.Random, client: str) -> str:
     return f"----=_Part_{r.randint(10**5, 10**6)}_{r.getrandbits(31)}.{r.getrandbits(40)}"
 
 
-def _trace(
-    r: random.Random, c: Customer, when: datetime, null_sender: bool
-) -> list[tuple[str, str]]:
+def _trace(r: random.Random, c: Customer, when: datetime, envelope: str) -> list[tuple[str, str]]:
     """Return-Path, Delivered-To, Received, Authentication-Results and DKIM-Signature as the
     ExampleNet MX delivers a mail from the customer's provider."""
     host_fmt, net, dkim_domain, selector = PROVIDERS[c.provider]
     domain = _own_domain(c)
     host = host_fmt.format(n=r.randint(10, 99), domain=domain)
-    ip = (
-        f"{net}.{r.randint(2, 250)}"
-        if net.count(".") == 2
-        else f"{net}.{r.randint(2, 250)}.{r.randint(2, 250)}"
-    )
+    ip = f"{net}.{r.randint(2, 250)}" if net.count(".") == 2 else f"{net}.{r.randint(2, 250)}.9"
     sent = when + timedelta(seconds=r.randint(1, 4))
     got = sent + timedelta(seconds=r.randint(1, 25))
-    qid = _token(r, _ALNUM, 14)
+    ids = _b64(r, 18).replace("+", "x").replace("/", "Q")  # Postfix queue id and SMTP id
     signer = dkim_domain or domain
     received = (
-        f"from {host} ({host} [{ip}])\n\tby {MX_HOST} (Postfix) with ESMTPS id {qid}\n"
+        f"from {host} ({host} [{ip}])\n\tby {MX_HOST} (Postfix) with ESMTPS id {ids[:14]}\n"
         f"\tfor <{SUPPORT_ADDRESS}>; {format_datetime(got.astimezone(ROME))}"
     )
     signature = _b64(r, 256)
-    dkim = (
-        "dkim=none"
-        if selector is None
-        else f"dkim=pass header.d={signer} header.s={selector} header.b={signature[:8]}"
-    )
+    dkim = "dkim=none"
+    if selector is not None:
+        dkim = f"dkim=pass header.d={signer} header.s={selector} header.b={signature[:8]}"
     results = (
         f"{MX_HOST};\n\t{dkim};\n\tspf=pass ({MX_HOST}: domain of {c.addr} designates {ip} as "
         f"permitted sender) smtp.mailfrom={c.addr};\n\tdmarc=pass (p=NONE) header.from={domain}"
     )
     out = [
-        ("Return-Path", "<>" if null_sender else f"<{c.addr}>"),
+        ("Return-Path", f"<{envelope}>"),
         ("Delivered-To", SUPPORT_ADDRESS),
         ("Received", received),
         ("Authentication-Results", results),
         (
             "Received",
-            f"by {host} with SMTP id {_token(r, _ALNUM, 12)}\n\tfor <{SUPPORT_ADDRESS}>; {format_datetime(sent.astimezone(UTC))}",
+            f"by {host} with SMTP id {ids[14:]}\n\tfor <{SUPPORT_ADDRESS}>; "
+            f"{format_datetime(sent.astimezone(UTC))}",
         ),
     ]
     if selector is not None:

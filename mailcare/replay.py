@@ -33,13 +33,11 @@ def iter_sources(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
 
 
 def _folder(path: Path) -> Iterator[tuple[str, bytes]]:
-    """A Maildir (cur/new; tmp/ and new/ may be missing in a copy) or any folder of files."""
-    subdirs = [path / name for name in ("cur", "new") if (path / name).is_dir()]
-    roots = subdirs or [path]
-    for root in roots:
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
-            if file.name.startswith("."):
-                continue
+    """A Maildir (with Maildir++ subfolders; tmp/ is skipped and may be missing in a copy)
+    or any folder of message files, in path order."""
+    files = (p for p in path.rglob("*") if p.is_file())
+    for file in sorted(f for f in files if "tmp" not in f.relative_to(path).parts[:-1]):
+        if not file.name.startswith("."):
             yield str(file), file.read_bytes()
 
 

@@ -221,18 +221,25 @@ def build_features() -> FeatureUnion:
 
 @dataclass
 class Calibrated:
-    """A linear SVM and the logistic regression that turns its scores into probabilities.
+    """A linear SVM and, per score column, the sigmoid that turns scores into probabilities.
 
-    The regression is fitted on cross-validated SVM scores (Platt's method, all classes at
-    once), so the probabilities reflect mail the SVM had not seen.
+    The sigmoids are fitted on cross-validated SVM scores (Platt's method, one class against
+    the rest, then normalised, as scikit-learn's CalibratedClassifierCV does), so the
+    probabilities reflect mail the SVM had not seen.
     """
 
     svm: LinearSVC
-    calibrator: LogisticRegression
+    sigmoids: list[LogisticRegression]
 
     @property
     def classes(self) -> list[str]:
-        return [str(label) for label in self.calibrator.classes_]
+        return [str(label) for label in self.svm.classes_]
+
+    def predict_proba(self, matrix: Any) -> np.ndarray:
+        """Probabilities through scikit-learn itself (the reference for the numpy path)."""
+        scores = _scores_2d(self.svm.decision_function(matrix))
+        columns = [s.predict_proba(scores[:, [k]])[:, 1] for k, s in enumerate(self.sigmoids)]
+        return _normalise(np.stack(columns, axis=1))
 
 
 def _scores_2d(scores: np.ndarray) -> np.ndarray:
@@ -240,8 +247,20 @@ def _scores_2d(scores: np.ndarray) -> np.ndarray:
     return scores.reshape(-1, 1) if scores.ndim == 1 else scores
 
 
+def _normalise(p: np.ndarray) -> np.ndarray:
+    """One-vs-rest probabilities to a distribution; one column means two classes."""
+    if p.shape[1] == 1:
+        return np.hstack([1.0 - p, p])
+    total = p.sum(axis=1, keepdims=True)
+    return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
+
+
+# Platt scaling is unregularised in principle; a large C keeps it so and stays stable.
+_SIGMOID_C = 1e4
+
+
 def fit_calibrated(matrix: Any, labels: Sequence[str]) -> Calibrated:
-    """Fit the SVM, and calibrate on `n_splits`-fold out-of-fold scores."""
+    """Fit the SVM, and one sigmoid per score column on out-of-fold scores."""
     counts = Counter(labels)
     thin = sorted(label for label, n in counts.items() if n < 2)
     if thin:
@@ -249,8 +268,16 @@ def fit_calibrated(matrix: Any, labels: Sequence[str]) -> Calibrated:
     folds = StratifiedKFold(n_splits=min(5, *counts.values()), shuffle=True, random_state=0)
     svm = LinearSVC(C=0.5, class_weight="balanced")
     held_out = cross_val_predict(svm, matrix, labels, cv=folds, method="decision_function")
-    calibrator = LogisticRegression(C=1.0, max_iter=1000).fit(_scores_2d(held_out), labels)
-    return Calibrated(svm.fit(matrix, labels), calibrator)
+    scores = _scores_2d(held_out)
+    svm.fit(matrix, labels)
+    classes = list(svm.classes_)
+    positives = classes[1:] if scores.shape[1] == 1 else classes
+    truth = np.asarray(labels)
+    sigmoids = [
+        LogisticRegression(C=_SIGMOID_C).fit(scores[:, [k]], (truth == label).astype(int))
+        for k, label in enumerate(positives)
+    ]
+    return Calibrated(svm, sigmoids)
 
 
 @dataclass
@@ -322,30 +349,26 @@ class _Block:
 
 @dataclass
 class _Linear:
-    """SVM weights (features x k, for row lookups) and the calibrating regression."""
+    """SVM weights (features x k, for row lookups) and each column's sigmoid."""
 
     weights: np.ndarray
     intercept: np.ndarray
-    calibration: np.ndarray
-    calibration_intercept: np.ndarray
+    slope: np.ndarray
+    offset: np.ndarray
 
     @classmethod
     def of(cls, model: Calibrated) -> _Linear:
         return cls(
             np.ascontiguousarray(np.asarray(model.svm.coef_).T),
             np.asarray(model.svm.intercept_),
-            np.asarray(model.calibrator.coef_),
-            np.asarray(model.calibrator.intercept_),
+            np.array([float(s.coef_[0, 0]) for s in model.sigmoids]),
+            np.array([float(s.intercept_[0]) for s in model.sigmoids]),
         )
 
     def proba(self, index: np.ndarray, values: np.ndarray) -> np.ndarray:
         scores = values @ self.weights[index] + self.intercept
-        z = self.calibration @ scores + self.calibration_intercept
-        if len(z) == 1:  # two classes: the regression models the second one
-            p = 1.0 / (1.0 + np.exp(-z[0]))
-            return np.array([1.0 - p, p])
-        e = np.exp(z - z.max())
-        return np.asarray(e / e.sum())
+        p = 1.0 / (1.0 + np.exp(-(self.slope * scores + self.offset)))
+        return np.asarray(_normalise(p.reshape(1, -1))[0])
 
 
 class _Predictor:

@@ -143,7 +143,14 @@ class SmtpSender:
         if not section.username:
             return
         if section.auth == "xoauth2":
-            await client.auth_xoauth2(section.username, self._token())
+            try:
+                await client.auth_xoauth2(section.username, self._token())
+            except aiosmtplib.SMTPAuthenticationError:
+                # A revoked token stays cached until it expires: fetch a fresh one next time.
+                invalidate = getattr(self._token_command, "invalidate", None)
+                if callable(invalidate):
+                    invalidate()
+                raise
         elif self._password is not None:
             await client.login(section.username, self._password)
         else:

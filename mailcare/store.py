@@ -249,9 +249,25 @@ class Store:
 
     @contextmanager
     def batch(self) -> Iterator[Store]:
-        """One transaction: every plan applied inside commits together or not at all."""
-        with self.db.atomic():
+        """One transaction: every plan applied inside commits together or not at all.
+
+        The outermost one is BEGIN IMMEDIATE: a deferred transaction that reads first cannot
+        take the write lock once another connection (the outbox thread) has committed since
+        its read, and SQLite then fails at once with "database is locked" instead of waiting
+        out the busy timeout. Nested calls become savepoints.
+        """
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield self
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
             yield self
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.conn.rollback()
+            raise
 
     def meta(self, key: str, default: str = "") -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()

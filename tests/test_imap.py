@@ -71,7 +71,7 @@ class Server:
             client.logout()
 
 
-@pytest.fixture(params=["lab", "dovecot"])
+@pytest.fixture(params=["lab", pytest.param("dovecot", marks=pytest.mark.dovecot)])
 def server(request: pytest.FixtureRequest) -> Server:
     if request.param == "lab":
         lab: LabImap = request.getfixturevalue("lab_imap")
@@ -225,7 +225,7 @@ def test_i09_message_expunged_by_another_client_before_fetch(
 def test_wait_returns_promptly_on_delivery_with_idle(server: Server, open_source: Any) -> None:
     source = connected(open_source, server)
     assert source.uids_after(0) == []
-    thread = deliver_later(server, message(1), 0.3)
+    thread = deliver_later(server, message(1), 0.15)
     started = time.monotonic()
     assert source.wait(10) is True
     assert time.monotonic() - started < 3.0
@@ -269,7 +269,7 @@ def test_i05_idle_reissued_only_after_idle_renew(
 def test_i03_bye_during_idle_raises_fast_without_spinning(server: Server, open_source: Any) -> None:
     source = connected(open_source, server)
     source.wait(0.1)
-    threading.Timer(0.3, server.kick).start()
+    threading.Timer(0.15, server.kick).start()
     started, cpu = time.monotonic(), time.process_time()
     with pytest.raises(ImapUnavailable):
         source.wait(10)
@@ -288,9 +288,9 @@ def test_i03_eof_during_idle_without_bye(
     source = open_source(proxy.host, proxy.port, server.user)
     source.wait(0.1)
     cut = (lambda: proxy.cut(0)) if how == "fin" else proxy.reset
-    threading.Timer(0.3, cut).start()
+    threading.Timer(0.15, cut).start()
     if how == "fin":  # a cut only closes once the server sends something: make it speak
-        deliver_later(server, message(1), 0.5)
+        deliver_later(server, message(1), 0.3)
     started, cpu = time.monotonic(), time.process_time()
     with pytest.raises(ImapUnavailable):
         source.wait(10)
@@ -395,6 +395,7 @@ def test_missing_watched_folder_is_an_imap_error(server: Server, open_source: An
     assert not isinstance(error.value, (ImapUnavailable, ImapAuthError))
 
 
+@pytest.mark.dovecot
 def test_i01_uidvalidity_change_is_visible_at_connect(
     dovecot: Dovecot, dovecot_user: str, open_source: Any
 ) -> None:

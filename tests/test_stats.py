@@ -104,7 +104,13 @@ def outbox(store: Store, number: int | None, created: float, status: str) -> Non
 
 
 def scoped(
-    store: Store, number: int, created: float, kind: str, category: str, *, event_too: bool = True,
+    store: Store,
+    number: int,
+    created: float,
+    kind: str,
+    category: str,
+    *,
+    event_too: bool = True,
     **fields: Any,
 ) -> None:
     """A case opened by a customer's mail, with mailcare's scope decision as it made it."""
@@ -119,22 +125,56 @@ def build_history(store: Store) -> None:
     # Before the period: still unanswered (Friday 13, 17:00), and one closed on Monday 16.
     scoped(store, 1000, at(13, 17), "in", "connettivita", owner=GIULIA)
     mail(store, 1000, "out", at(13, 17), "ack")
-    scoped(store, 1009, at(12, 10), "in", "connettivita", owner=LUCA, state="closed",
-           first_response_at=at(12, 11), closed_at=at(16, 12))
+    scoped(
+        store,
+        1009,
+        at(12, 10),
+        "in",
+        "connettivita",
+        owner=LUCA,
+        state="closed",
+        first_response_at=at(12, 11),
+        closed_at=at(16, 12),
+    )
     # In the period.
-    scoped(store, 1001, at(16, 11), "in", "connettivita", owner=GIULIA, state="closed",
-           first_response_at=at(16, 12, 30), closed_at=at(17, 11))
+    scoped(
+        store,
+        1001,
+        at(16, 11),
+        "in",
+        "connettivita",
+        owner=GIULIA,
+        state="closed",
+        first_response_at=at(16, 12, 30),
+        closed_at=at(17, 11),
+    )
     mail(store, 1001, "out", at(16, 11), "ack")
     mail(store, 1001, "out", at(16, 12, 30), "relay")
-    scoped(store, 1002, at(16, 17, 30), "in", "fatturazione", owner=LUCA, language="en",
-           first_response_at=at(17, 9, 30))
+    scoped(
+        store,
+        1002,
+        at(16, 17, 30),
+        "in",
+        "fatturazione",
+        owner=LUCA,
+        language="en",
+        first_response_at=at(17, 9, 30),
+    )
     mail(store, 1002, "out", at(16, 17, 30), "ack")
     mail(store, 1002, "out", at(17, 9, 30), "relay")
     scoped(store, 1008, at(17, 14), "route", "amministrazione", state="routed")
     mail(store, 1008, "out", at(17, 14), "route_customer")
     # Unsure at first, then corrected by Giulia: the row says "in", the decision "unsure".
-    case(store, 1003, at(18, 10), owner=GIULIA, state="waiting", scope_kind="in",
-         scope_category="connettivita", first_response_at=at(18, 15, 30))
+    case(
+        store,
+        1003,
+        at(18, 10),
+        owner=GIULIA,
+        state="waiting",
+        scope_kind="in",
+        scope_category="connettivita",
+        first_response_at=at(18, 15, 30),
+    )
     event(store, 1003, at(18, 10), "scope", kind="unsure", category="connettivita")
     event(store, 1003, at(18, 11), "scope_corrected", kind="in", category="connettivita")
     mail(store, 1003, "in", at(18, 10))
@@ -146,19 +186,40 @@ def build_history(store: Store) -> None:
     scoped(store, 1004, at(20, 17), "out", "smartphone", owner=LUCA, state="redirected")
     mail(store, 1004, "out", at(20, 17), "redirect")
     # No scope event (older data): the case row's decision is used.
-    scoped(store, 1005, at(21, 10), "in", "connettivita", owner=GIULIA, event_too=False,
-           first_response_at=at(23, 9, 30))
+    scoped(
+        store,
+        1005,
+        at(21, 10),
+        "in",
+        "connettivita",
+        owner=GIULIA,
+        event_too=False,
+        first_response_at=at(23, 9, 30),
+    )
     mail(store, 1005, "out", at(21, 10), "ack")
     mail(store, 1005, "out", at(23, 9, 30), "relay")
-    scoped(store, 1006, at(22, 20), "unsure", "", owner=LUCA, state="new", language="en",
-           subject=SCRIPT_SUBJECT)
+    scoped(
+        store,
+        1006,
+        at(22, 20),
+        "unsure",
+        "",
+        owner=LUCA,
+        state="new",
+        language="en",
+        subject=SCRIPT_SUBJECT,
+    )
     mail(store, 1006, "out", at(22, 20), "ack")
     _protection_history(store)
 
 
 def _protection_history(store: Store) -> None:
-    for when, reason in ((at(17, 8), "auto-submitted"), (at(19, 3), "auto-submitted"),
-                         (at(21, 4), "precedence"), (at(10, 4), "precedence")):
+    for when, reason in (
+        (at(17, 8), "auto-submitted"),
+        (at(19, 3), "auto-submitted"),
+        (at(21, 4), "precedence"),
+        (at(10, 4), "precedence"),
+    ):
         event(store, None, when, "suppressed_autoreply", reason=reason, to="bot@example.com")
     event(store, 1000, at(10, 12), "scope_corrected", kind="out", category="smartphone")
     event(store, 1001, at(17, 12), "bounce", permanent=["x@example.com"], temporary=[])
@@ -166,10 +227,8 @@ def _protection_history(store: Store) -> None:
     event(store, 1002, at(19, 15), "agent_auth_failed", reason="dkim=fail")
     event(store, 1002, at(20, 9), "held_other_agent", owner=LUCA)
     event(store, 1005, at(21, 12), "held_other_agent", owner=GIULIA)
-    store.db.execute("INSERT INTO suppressions VALUES('x@example.com', ?, 'bounce')",
-                     [NOW + 86400])
-    store.db.execute("INSERT INTO suppressions VALUES('z@example.com', ?, 'bounce')",
-                     [NOW - 86400])
+    store.db.execute("INSERT INTO suppressions VALUES('x@example.com', ?, 'bounce')", [NOW + 86400])
+    store.db.execute("INSERT INTO suppressions VALUES('z@example.com', ?, 'bounce')", [NOW - 86400])
     outbox(store, 1006, at(22, 20), "pending")
     outbox(store, 1005, at(23, 9, 30), "pending")
     outbox(store, 1004, at(20, 17), "failed")
@@ -295,8 +354,10 @@ def test_protection_counters(summary: dict[str, Any]) -> None:
 
 
 def test_daily_series(summary: dict[str, Any]) -> None:
-    days = {d["day"]: (d["mails_in"], d["mails_out"], d["new_cases"], d["scope"])
-            for d in summary["daily"]}
+    days = {
+        d["day"]: (d["mails_in"], d["mails_out"], d["new_cases"], d["scope"])
+        for d in summary["daily"]
+    }
     assert days == {
         "2026-11-16": (2, 3, 2, {"in": 2}),
         "2026-11-17": (1, 2, 1, {"route": 1}),
@@ -341,9 +402,19 @@ def test_summarize_on_literal_rows() -> None:
     """The pure layer alone: a Saturday mail answered on Monday at 10:00 took 1 hour."""
     row = CaseRow(7, "a@x", "open", "de", "in", "c", False, "s", at(21, 9), at(23, 10), None)
     rows = Rows(
-        since=at(20, 0), new_cases=[row], unanswered=[], closed=[], open_by_owner={"a@x": 1},
-        decisions={}, corrections={}, mail_slots=[("in", at(21, 9), 1)], events={},
-        suppressed_reasons={}, suppressed_addresses=0, outbox_pending=0, oldest_pending=None,
+        since=at(20, 0),
+        new_cases=[row],
+        unanswered=[],
+        closed=[],
+        open_by_owner={"a@x": 1},
+        decisions={},
+        corrections={},
+        mail_slots=[("in", at(21, 9), 1)],
+        events={},
+        suppressed_reasons={},
+        suppressed_addresses=0,
+        outbox_pending=0,
+        oldest_pending=None,
         outbox_failed=0,
     )
     summary = summarize(rows, OFFICE, at(23, 12), promise_hours=2.0)
@@ -441,8 +512,7 @@ def frozen_cli(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("frozen_cli")
 def test_stats_command_json(store: Store, summary: dict[str, Any], tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    result = CliRunner().invoke(main, ["stats", "--config", str(config), "--since", "7d",
-                                       "--json"])
+    result = CliRunner().invoke(main, ["stats", "--config", str(config), "--since", "7d", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == json.loads(json.dumps(summary))
 
@@ -467,8 +537,7 @@ def test_stats_command_rejects_a_bad_period(store: Store, tmp_path: Path) -> Non
 def test_stats_command_longer_period(store: Store, tmp_path: Path) -> None:
     """Two weeks take in case 1000 and 1009 and the older suppression."""
     config = write_config(tmp_path)
-    result = CliRunner().invoke(main, ["stats", "--config", str(config), "--since", "2w",
-                                       "--json"])
+    result = CliRunner().invoke(main, ["stats", "--config", str(config), "--since", "2w", "--json"])
     data = json.loads(result.output)
     assert data["volume"]["new_cases"] == 10
     assert data["suppressed"]["total"] == 4
@@ -509,8 +578,19 @@ def test_numbers_do_not_depend_on_the_time_zone_of_the_machine(
 
 def test_unanswered_subjects_are_one_printable_line() -> None:
     """A subject is the customer's text: no terminal escape or line break reaches the table."""
-    row = CaseRow(8, None, "new", "it", "unsure", "", 0, "Ciao\x1b[2J\r\nBcc: x\t" + "y" * 300,
-                  at(20, 9), None, None)
+    row = CaseRow(
+        8,
+        None,
+        "new",
+        "it",
+        "unsure",
+        "",
+        0,
+        "Ciao\x1b[2J\r\nBcc: x\t" + "y" * 300,
+        at(20, 9),
+        None,
+        None,
+    )
     rows = Rows(at(20, 0), [row], [row], [], {None: 1}, {}, {}, [], {}, {}, 0, 0, None, 0)
     [item] = summarize(rows, OFFICE, at(23, 12))["first_response"]["oldest_unanswered"]
     assert item["subject"] == "Ciao [2J Bcc: x " + "y" * 84
