@@ -37,15 +37,15 @@ import textwrap
 import time
 import unicodedata
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from email import base64mime, quoprimime
 from email.charset import BASE64, QP, Charset
 from email.generator import BytesGenerator
 from email.message import Message
 from email.policy import Compat32
-from email.utils import encode_rfc2231, format_datetime, formataddr
+from email.utils import encode_rfc2231, format_datetime, formataddr, formatdate
 from io import BytesIO
 from pathlib import Path
 
@@ -66,7 +66,7 @@ ENGLISH_SHARE = 0.22
 OUT_OF_SCOPE_SHARE = 0.12
 ATTACHMENT_SHARE = 0.14
 QUOTE_KEEP = 9_000  # characters of an earlier mail kept when it is quoted
-RECENT = 400  # replies answer one of this many most recent mails
+RECENT = 2_000  # replies answer one of this many most recent mails (about 3 days of 10,000)
 
 try:
     from zoneinfo import ZoneInfo
@@ -562,6 +562,7 @@ TOPICS: tuple[Topic, ...] = (
     ),
 )
 IN_SCOPE = tuple(t for t in TOPICS if t.in_scope)
+BUSINESS_TOPICS = {"hosting": 3.0, "pec": 3.0, "mailbox": 2.0}  # weight factor for businesses
 OUT_OF_SCOPE = tuple(t for t in TOPICS if not t.in_scope)
 
 
@@ -812,13 +813,7 @@ EN = Phrases(
 )
 PHRASES = {"it": IT, "en": EN}
 
-IT_FIRST = (
-    "Mario Giulia Francesco Chiara Alessandro Federica Luca Sara Marco Elena Giovanni Martina "
-    "Andrea Silvia Matteo Valentina Davide Laura Stefano Paola Niccolò Lucia Roberto Anna "
-    "Giuseppe Francesca Antonio Elisa Fabio Ilaria Simone Beatrice Paolo Carla Enrico Rita "
-    "Daniele Monica Gianluca Cristina Pietro Alessia Tommaso Noemi Emanuele Giorgia Riccardo "
-    "Barbara Massimo Rosa Claudio Nicolò Mattia Gioele Loredana Ornella Vittorio Agnese"
-).split()
+IT_FIRST = ["Mario", "Giulia", "Francesco", "Chiara", "Alessandro", "Federica", "Luca", "Sara", "Marco", "Elena", "Giovanni", "Martina", "Andrea", "Silvia", "Matteo", "Valentina", "Davide", "Laura", "Stefano", "Paola", "Niccolò", "Lucia", "Roberto", "Anna", "Giuseppe", "Francesca", "Antonio", "Elisa", "Fabio", "Ilaria", "Simone", "Beatrice", "Paolo", "Carla", "Enrico", "Rita", "Daniele", "Monica", "Gianluca", "Cristina", "Pietro", "Alessia", "Tommaso", "Noemi", "Emanuele", "Giorgia", "Riccardo", "Barbara", "Massimo", "Rosa", "Claudio", "Nicolò", "Mattia", "Gioele", "Loredana", "Ornella", "Vittorio", "Agnese"]
 IT_LAST = (
     (
         "Rossi Russo Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Bruno Gallo Conti "
@@ -1061,7 +1056,14 @@ CLIENTS: tuple[Client, ...] = (
         domains=("libero.it", "virgilio.it", "alice.it", "tim.it", "tiscali.it"),
     ),
 )
-CLIENT_WEIGHTS = [c.weight for c in CLIENTS]
+CLIENT = {c.key: c for c in CLIENTS}
+BUSINESS_SHARE = 0.22
+# A business's mail provider decides which programs its staff write with.
+BUSINESS_CLIENTS = {
+    "workspace": ("gmail", "gmail", "apple", "android"),
+    "microsoft": ("outlook", "outlook", "outlook", "apple"),
+    "own": ("outlook", "thunderbird"),
+}
 
 # Where each provider's mail comes from: trace host, address prefix, DKIM domain and selector
 # ("" domain: the sender's own domain signs; None selector: no DKIM signature).
@@ -1213,11 +1215,11 @@ POLICY = _Prefolded(linesep="\r\n", mangle_from_=False)
 
 @dataclass
 class Part:
-    """A MIME entity: header fields as they go on the wire, and either an encoded body (ASCII,
-    or 8-bit bytes carried as surrogate escapes) or sub-parts."""
+    """A MIME entity: header fields as they go on the wire (LF continuations), and either its
+    encoded body (LF line ends) or its sub-parts."""
 
     headers: list[tuple[str, str]]
-    payload: str | list[Part]
+    payload: bytes | list[Part]
     preamble: str | None = None
 
 
@@ -1231,8 +1233,8 @@ def to_message(part: Part) -> Message:
     for name, value in part.headers:
         msg[name] = value
     msg.preamble = part.preamble
-    if isinstance(part.payload, str):
-        msg.set_payload(part.payload)
+    if isinstance(part.payload, bytes):  # 8-bit bodies travel as surrogate escapes
+        msg.set_payload(part.payload.decode("ascii", "surrogateescape"))
     else:
         for child in part.payload:
             msg.attach(to_message(child))
@@ -1248,21 +1250,23 @@ def flatten(msg: Message) -> bytes:
 
 def serialize(part: Part) -> bytes:
     """The entity as CRLF bytes, laid out exactly as `flatten(to_message(part))`."""
-    return _lay_out(part).replace("\n", "\r\n").encode("ascii", "surrogateescape")
+    return _lay_out(part).replace(b"\n", b"\r\n")
 
 
-def _lay_out(part: Part) -> str:
+def _lay_out(part: Part) -> bytes:
     head = "".join(f"{name}: {value}\n" for name, value in part.headers) + "\n"
-    if isinstance(part.payload, str):
-        return head + part.payload
+    if isinstance(part.payload, bytes):
+        return head.encode("ascii") + part.payload
     boundary = _BOUNDARY.search(head)
     assert boundary is not None, "a multipart entity needs a boundary parameter"
-    dash = "--" + boundary.group(1)
-    chunks = [head] if part.preamble is None else [head, part.preamble, "\n"]
-    chunks.append(dash + "\n")
-    chunks.append(("\n" + dash + "\n").join(_lay_out(child) for child in part.payload))
-    chunks.append("\n" + dash + "--\n")
-    return "".join(chunks)
+    dash = b"--" + boundary.group(1).encode("ascii")
+    chunks = [head.encode("ascii")]
+    if part.preamble is not None:
+        chunks += [part.preamble.encode("ascii"), b"\n"]
+    chunks.append(dash + b"\n")
+    chunks.append((b"\n" + dash + b"\n").join(_lay_out(child) for child in part.payload))
+    chunks.append(b"\n" + dash + b"--\n")
+    return b"".join(chunks)
 
 
 _BOUNDARY = re.compile(r'boundary="([^"]+)"')
@@ -1299,28 +1303,30 @@ def _fold_ascii(text: str, room: int) -> str:
     return "\n ".join(textwrap.wrap(text, room, break_long_words=False, break_on_hyphens=False))
 
 
-def _base64_lines(data: bytes) -> str:
+def _base64_lines(data: bytes) -> bytes:
     """Base64 in 76-column lines, as `base64.encodebytes` writes it (that one encodes each
     57-byte line in a Python loop; one C call and slicing is several times faster)."""
-    flat = binascii.b2a_base64(data, newline=False).decode("ascii")
-    return "".join([flat[i : i + 76] + "\n" for i in range(0, len(flat), 76)])
+    flat = binascii.b2a_base64(data, newline=False)
+    return b"".join([flat[i : i + 76] + b"\n" for i in range(0, len(flat), 76)])
 
 
-def _text_payload(text: str, charset: str, preferred: str) -> tuple[str, str]:
-    """(payload, Content-Transfer-Encoding) the way the client would encode `text`: 7bit when
+def _text_payload(text: str, charset: str, preferred: str) -> tuple[bytes, str]:
+    """(body, Content-Transfer-Encoding) the way the client would encode `text`: 7bit when
     plain ASCII allows it, else its preferred encoding (8bit only while lines stay short)."""
     data = text.encode("latin-1" if charset == "iso-8859-1" else "utf-8", "replace")
-    longest = max(map(len, text.split("\n")))
     if preferred == "base64":
         return _base64_lines(data), "base64"
+    longest = max(map(len, text.split("\n")))
     if data.isascii() and longest <= 998:
-        return text, "7bit"
+        return data, "7bit"
     if preferred == "8bit" and 2 * longest <= 998:
-        return data.decode("ascii", "surrogateescape"), "8bit"
-    return binascii.b2a_qp(data).decode("ascii"), "quoted-printable"
+        return data, "8bit"
+    return binascii.b2a_qp(data), "quoted-printable"
 
 
-def _leaf(content_type: str, payload: str, cte: str, extra: Sequence[tuple[str, str]] = ()) -> Part:
+def _leaf(
+    content_type: str, payload: bytes, cte: str, extra: Sequence[tuple[str, str]] = ()
+) -> Part:
     return Part(
         [("Content-Type", content_type), *extra, ("Content-Transfer-Encoding", cte)], payload
     )
@@ -1408,14 +1414,23 @@ def _plain_block(kind: str, text: str, wraps: bool) -> str:
     return _wrap(text) if kind == "p" and wraps else text
 
 
-def plain_text(d: Draft) -> str:
-    """The text/plain body: new text, pasted material, closing, then the quoted mail."""
-    wraps = d.customer.client.wraps
-    chunks = [_plain_block(kind, text, wraps) for kind, text in d.body]
+def _sections(d: Draft) -> list[tuple[str, str]]:
+    """The blocks above the quote, in order: new text, pasted material (a log goes before
+    the sign-off, a legal notice after the signature), sign-off and signature."""
+    pasted: list[tuple[str, str]] = []
     if d.paste:
         intro = PHRASES[d.lang].paste_intro[d.paste_kind]
-        chunks.extend([intro, "\n".join(d.paste)] if intro else ["\n".join(d.paste)])
-    chunks.extend(_plain_block(kind, text, wraps) for kind, text in d.closing)
+        pasted = [("p", intro)] if intro else []
+        pasted.append(("l" if d.paste_kind == "legal" else "pre", "\n".join(d.paste)))
+    if d.paste_kind == "legal":
+        return [*d.body, *d.closing, *pasted]
+    return [*d.body, *pasted, *d.closing]
+
+
+def plain_text(d: Draft) -> str:
+    """The text/plain body: the sections, then the quoted mail."""
+    wraps = d.customer.client.wraps
+    chunks = [_plain_block(kind, text, wraps) for kind, text in _sections(d)]
     if d.quote:
         chunks.append(d.quote_head + "\n" + _quote_lines(d.quote))
     text = "\n\n".join(chunks) + "\n"
@@ -1495,19 +1510,10 @@ def _html_block(style: HtmlStyle, kind: str, text: str) -> str:
 
 def html_text(d: Draft) -> str:
     """The text/html alternative, in the markup the sender's program produces."""
-    key = d.customer.client.key
-    style = HTML_STYLES.get(key, HTML_STYLES["plain"])
+    style = HTML_STYLES.get(d.customer.client.key, HTML_STYLES["plain"])
     label = "iso-8859-1" if d.charset == "iso-8859-1" else "utf-8"
     out = [style.head.format(charset=label, lang="IT" if d.lang == "it" else "EN-US")]
-    out.extend(_html_block(style, kind, text) for kind, text in d.body)
-    if d.paste:
-        intro = PHRASES[d.lang].paste_intro[d.paste_kind]
-        if intro:
-            out.append(_html_block(style, "p", intro))
-        out.append(
-            _html_block(style, "pre" if d.paste_kind != "legal" else "l", "\n".join(d.paste))
-        )
-    out.extend(_html_block(style, kind, text) for kind, text in d.closing)
+    out.extend(_html_block(style, kind, text) for kind, text in _sections(d))
     if d.quote:
         quoted = html.escape(d.quote, quote=False).replace("\n", "<br>\n")
         out.append(style.quote.format(html.escape(d.quote_head, quote=False), quoted))
@@ -1541,8 +1547,8 @@ def _customer_values(c: Customer) -> dict[str, str]:
     return {
         "name": c.name,
         "first": c.name.split()[0],
-        "company": c.company or c.name,
-        "domain": c.domain or f"{local.replace('.', '')}.it",
+        "company": c.company,
+        "domain": c.domain or f"{_ascii_local(c.name)}.it",
         "email": c.addr,
         "pec": f"{local}@pec.{domain}" if c.domain else f"{local}@pec.examplenet.it",
         "code": c.code,
@@ -1638,26 +1644,39 @@ class Generator:
 
     def _new_customer(self, lang: str) -> Customer:
         r = self.rng
-        client = r.choices(CLIENTS, CLIENT_WEIGHTS)[0]
         name = r.choice(EN_NAMES) if lang == "en" else f"{r.choice(IT_FIRST)} {r.choice(IT_LAST)}"
-        company = r.choice(COMPANIES) if r.random() < 0.22 else ""
         first, last = _ascii_local(name.split()[0]), _ascii_local(name.split()[-1])
-        if company:
+        if r.random() < BUSINESS_SHARE:
+            company = r.choice(COMPANIES)
             domain = f"{_ascii_local(company.split(' S.')[0])[:22]}.it"
+            provider = r.choice(tuple(BUSINESS_CLIENTS))
+            client = CLIENT[r.choice(BUSINESS_CLIENTS[provider])]
             local = r.choice(("info", "amministrazione", first, f"{first[0]}.{last}"))
-            provider = r.choice(("workspace", "microsoft", "own"))
             addr = f"{local}@{domain}"
         else:
-            domain = ""
+            company, domain = "", ""
             pool = EN_DOMAINS if lang == "en" else FAMILY_DOMAINS
-            options = [d for d in client.domains if d in pool] or list(pool)
-            mail_domain = r.choice(options)
+            clients = [c for c in CLIENTS if any(d in pool for d in c.domains)]
+            client = r.choices(clients, [c.weight for c in clients])[0]
+            mail_domain = r.choice([d for d in client.domains if d in pool])
             provider = pool[mail_domain]
             addr = f"{self._local_part(first, last)}@{mail_domain}"
+        return self._person(lang, name, addr, client, provider, company, domain)
+
+    def _person(
+        self,
+        lang: str,
+        name: str,
+        addr: str,
+        client: Client,
+        provider: str,
+        company: str,
+        domain: str,
+    ) -> Customer:
+        r = self.rng
         city = r.choice(CITIES)
         street = f"{r.choice(STREETS)} {r.randint(1, 180)}"
         phone, mobile = _phone(r), _mobile(r)
-        signature = self._signature(lang, name, company, domain, street, city, phone, mobile)
         return Customer(
             name=name,
             addr=addr,
@@ -1672,7 +1691,7 @@ class Generator:
             router=r.choice(ROUTERS),
             street=street,
             city=city,
-            signature=signature,
+            signature=self._signature(lang, name, company, domain, street, city, phone, mobile),
             disclaimer=bool(company) or r.random() < 0.08,
             tz=ROME if r.random() < 0.9 else UTC,
         )
@@ -1744,7 +1763,15 @@ class Generator:
         r = self.rng
         customer = self.customer()
         pool = OUT_OF_SCOPE if r.random() < OUT_OF_SCOPE_SHARE else IN_SCOPE
-        topic = r.choices(pool, [t.weight for t in pool])[0]
+        weights = [
+            t.weight * (BUSINESS_TOPICS.get(t.key, 1.0) if customer.company else 1.0) for t in pool
+        ]
+        if not customer.company:  # households seldom run a website or a PEC box
+            weights = [
+                w * (0.15 if t.key in BUSINESS_TOPICS else 1.0)
+                for t, w in zip(pool, weights, strict=True)
+            ]
+        topic = r.choices(pool, weights)[0]
         v = _Values(r, customer.lang, customer, when)
         self.cases += 1
         subject = _sentence_case(r.choice(topic.subjects[customer.lang]).format_map(v))
@@ -1761,7 +1788,8 @@ class Generator:
         r = self.rng
         p = PHRASES[lang]
         problems = topic.problems[lang]
-        sentences = [r.choice(p.intros)] if r.random() < 0.5 else []
+        intros = p.intros if v["company"] else [i for i in p.intros if "{company}" not in i]
+        sentences = [r.choice(intros)] if r.random() < 0.5 else []
         sentences += r.sample(problems, min(len(problems), r.randint(1, 3)))
         body = [("l", r.choice(p.greetings)), ("p", _sentence_case(" ".join(sentences)))]
         if r.random() < 0.45:
@@ -1775,7 +1803,7 @@ class Generator:
         """A follow-up to a recent mail, mostly by its author, quoting it below the new text."""
         r = self.rng
         k = len(self.recent)
-        parent = self.recent[k - 1 - min(r.randrange(k), r.randrange(k))]  # recent ones more often
+        parent = self.recent[r.randrange(k)]
         customer = parent.customer if r.random() < 0.85 else self.customer(parent.customer.lang)
         lang = customer.lang
         v = _Values(r, lang, customer, when)
@@ -1961,7 +1989,7 @@ class Generator:
         pool = self.pastes[d.paste_kind]
         per_line = (pool.mean + 2) * _expansion(d)
         count = max(1, round(nbytes / per_line))
-        start = self.rng.randrange(len(pool.lines))
+        start = 0 if d.paste_kind == "legal" else self.rng.randrange(len(pool.lines))
         lines = pool.lines[start : start + count]
         while len(lines) < count:
             lines += pool.lines[: count - len(lines)]
@@ -2091,21 +2119,24 @@ def _auto_headers(r: random.Random, c: Customer) -> list[tuple[str, str]]:
 def _attribution(parent: Record, client: str, lang: str) -> str:
     """The line above a quote, as the replying program writes it."""
     c = parent.customer
-    local = parent.when.astimezone(ROME)
+    t = parent.when.astimezone(ROME)
     p = PHRASES[lang]
-    day, month = p.days[local.weekday()], p.months[local.month - 1][:3]
-    hhmm = f"{local:%H:%M}"
+    day, month = p.days[t.weekday()], p.months[t.month - 1][:3]
+    hhmm = f"{t.hour:02d}:{t.minute:02d}"
+    numeric = f"{t.day:02d}/{t.month:02d}/{t.year} {hhmm}"
     if lang == "it":
         if client == "gmail":
-            return f"Il giorno {day} {local.day} {month} {local.year} alle ore {hhmm} {c.name} <{c.addr}> ha scritto:"
+            when = f"{day} {t.day} {month} {t.year} alle ore {hhmm}"
+            return f"Il giorno {when} {c.name} <{c.addr}> ha scritto:"
         if client == "apple":
-            return f"Il giorno {local.day} {month} {local.year}, alle ore {hhmm}, {c.name} <{c.addr}> ha scritto:"
-        return f"Il giorno {local:%d/%m/%Y} {hhmm}, {c.name} ha scritto:"
+            when = f"{t.day} {month} {t.year}, alle ore {hhmm},"
+            return f"Il giorno {when} {c.name} <{c.addr}> ha scritto:"
+        return f"Il giorno {numeric}, {c.name} ha scritto:"
     if client == "gmail":
-        return f"On {day}, {local.day} {month} {local.year} at {hhmm}, {c.name} <{c.addr}> wrote:"
+        return f"On {day}, {t.day} {month} {t.year} at {hhmm}, {c.name} <{c.addr}> wrote:"
     if client == "apple":
-        return f"On {local.day} {month} {local.year}, at {hhmm}, {c.name} <{c.addr}> wrote:"
-    return f"On {local:%d/%m/%Y} {hhmm}, {c.name} wrote:"
+        return f"On {t.day} {month} {t.year}, at {hhmm}, {c.name} <{c.addr}> wrote:"
+    return f"On {numeric}, {c.name} wrote:"
 
 
 def _b64(r: random.Random, nbytes: int) -> str:
@@ -2174,7 +2205,7 @@ def _trace(r: random.Random, c: Customer, when: datetime, envelope: str) -> list
     signer = dkim_domain or domain
     received = (
         f"from {host} ({host} [{ip}])\n\tby {MX_HOST} (Postfix) with ESMTPS id {ids[:14]}\n"
-        f"\tfor <{SUPPORT_ADDRESS}>; {format_datetime(got.astimezone(ROME))}"
+        f"\tfor <{SUPPORT_ADDRESS}>; {formatdate(got.timestamp())}"
     )
     signature = _b64(r, 256)
     dkim = "dkim=none"
@@ -2192,7 +2223,7 @@ def _trace(r: random.Random, c: Customer, when: datetime, envelope: str) -> list
         (
             "Received",
             f"by {host} with SMTP id {ids[14:]}\n\tfor <{SUPPORT_ADDRESS}>; "
-            f"{format_datetime(sent.astimezone(UTC))}",
+            f"{formatdate(sent.timestamp(), usegmt=True)}",
         ),
     ]
     if selector is not None:
@@ -2223,9 +2254,17 @@ PASTE_KINDS = ("ping", "router", "apache", "invoices", "pec", "winevent", "legal
 
 
 def _paste_pool(r: random.Random, kind: str, now: datetime) -> PastePool:
-    """A few hundred lines of one kind of pasted material; drafts take slices of it."""
-    lines = [PASTE_LINES[kind](r, i, now - timedelta(minutes=7 * (400 - i))) for i in range(400)]
+    """A few hundred lines of one kind of pasted material; drafts take slices of it. The
+    entries are dated before the first mail, so no mail pastes a log from its future."""
+    start = now - timedelta(days=DAYS + 1)
+    lines = [PASTE_LINES[kind](r, i, start - timedelta(minutes=7 * (400 - i))) for i in range(400)]
     return PastePool(lines, sum(map(len, lines)) / len(lines))
+
+
+def _months_back(when: datetime, months: int) -> str:
+    """The first of the month `months` before `when`, as dd/mm/yyyy (monthly invoices)."""
+    index = when.year * 12 + when.month - 1 - months
+    return f"01/{index % 12 + 1:02d}/{index // 12}"
 
 
 def _legal_line(r: random.Random, i: int, when: datetime) -> str:
@@ -2258,14 +2297,10 @@ PASTE_LINES: dict[str, PasteLine] = {
         + r.choice(
             (
                 "PPPoE: link down (LCP echo timeout)",
-                "PPPoE: connection established, IPv4 93.45.{}.{}".format(
-                    r.randint(0, 255), r.randint(1, 254)
-                ),
+                f"PPPoE: connection established, IPv4 93.45.{r.randint(0, 255)}.{r.randint(1, 254)}",
                 "DSL: synchronisation lost, retrying",
-                "DSL: synchronised at {} / {} kbit/s".format(
-                    r.randint(900, 19000), r.randint(300, 1000)
-                ),
-                "WLAN: station {:012x} disconnected (reason 4)".format(r.getrandbits(48)),
+                f"DSL: synchronised at {r.randint(900, 19000)} / {r.randint(300, 1000)} kbit/s",
+                f"WLAN: station {r.getrandbits(48):012x} disconnected (reason 4)",
                 "VoIP: registration of number failed (408 Request Timeout)",
                 "System: reboot after watchdog reset",
                 "GPON: optical signal lost (LOS)",
@@ -2276,20 +2311,18 @@ PASTE_LINES: dict[str, PasteLine] = {
         f"[{w:%a %b %d %H:%M:%S}.{r.randint(0, 999999):06d} {w.year}] "
         + r.choice(
             (
-                "[php:error] [pid {}] PHP Fatal error:  Allowed memory size of 134217728 bytes "
-                "exhausted".format(r.randint(1000, 40000)),
-                "[core:error] [pid {}] (28)No space left on device: AH00023: Couldn't create the "
-                "mutex".format(r.randint(1000, 40000)),
-                "[ssl:warn] [pid {}] AH01909: server certificate does NOT include an ID which "
-                "matches the server name".format(r.randint(1000, 40000)),
-                "[proxy_fcgi:error] [pid {}] AH01071: Got error 'Primary script unknown'".format(
-                    r.randint(1000, 40000)
-                ),
+                f"[php:error] [pid {r.randint(1000, 40000)}] PHP Fatal error:  Allowed memory size of 134217728 bytes "
+                "exhausted",
+                f"[core:error] [pid {r.randint(1000, 40000)}] (28)No space left on device: AH00023: Couldn't create the "
+                "mutex",
+                f"[ssl:warn] [pid {r.randint(1000, 40000)}] AH01909: server certificate does NOT include an ID which "
+                "matches the server name",
+                f"[proxy_fcgi:error] [pid {r.randint(1000, 40000)}] AH01071: Got error 'Primary script unknown'",
             )
         )
     ),
     "invoices": lambda r, i, w: (
-        f"Fattura {w.year}/{r.randint(1, 99999):07d} del {w:%d/%m/%Y}  importo € "
+        f"Fattura {w.year}/{r.randint(1, 99999):07d} del {_months_back(w, i % 12)}  importo € "
         f"{r.uniform(20, 90):.2f}  ".replace(".", ",")
         + r.choice(("pagata", "pagata", "da pagare", "addebito RID", "insoluta"))
     ),
@@ -2365,47 +2398,66 @@ def _from_line(item: Sample) -> bytes:
     return f"From {sender} {time.asctime(item.received.utctimetuple())}\n".encode("ascii")
 
 
-def write(items: Iterator[Sample], out: Path, fmt: str) -> list[Sample]:
-    """Store messages in a Maildir (CRLF, as delivered) or an mbox file (LF, as mbox readers
-    expect: its separator lines are found by LF-terminated blank lines)."""
-    written: list[Sample] = []
-    if fmt == "maildir":
-        box: mailbox.Mailbox = mailbox.Maildir(out, factory=None, create=True)
-        for item in items:
-            box.add(item.raw)
-            written.append(item)
-        return written
+def write_maildir(items: Iterable[Sample], out: Path, seed: int = 1) -> Iterator[Sample]:
+    """Deliver into `out`/new as a mail server would (a file in tmp/, then renamed into new/),
+    bytes unchanged (CRLF). Names are stable for a seed, so a rerun replaces its own files.
+
+    No fsync: `mailbox.Maildir.add` syncs every message, which turns 10,000 mails into a
+    minute of disk waits, and a generated corpus can always be generated again."""
+    mailbox.Maildir(out, create=True)  # creates cur/, new/ and tmp/
+    for number, item in enumerate(items):
+        stamp = item.received.timestamp()
+        name = f"{int(stamp)}.M{int(stamp % 1 * 1e6)}P{seed}Q{number}.corpus"
+        tmp = out / "tmp" / name
+        tmp.write_bytes(item.raw)
+        tmp.replace(out / "new" / name)
+        yield item
+
+
+def write_mbox(items: Iterable[Sample], out: Path) -> Iterator[Sample]:
+    """Append to an mbox file with LF line ends, as mbox readers expect (they find the
+    separator lines by LF-terminated blank lines); "From " lines in bodies are quoted."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    box = mailbox.mbox(out, factory=None, create=True)
+    box = mailbox.mbox(out, create=True)
     box.lock()
     try:
         for item in items:
             box.add(_from_line(item) + item.raw.replace(b"\r\n", b"\n"))
-            written.append(item)
+            yield item
         box.flush()
     finally:
         box.unlock()
         box.close()
-    return written
 
 
-def summary(items: Sequence[Sample], seconds: float) -> str:
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What the summary needs of one message (keeping the bytes would hold the whole corpus
+    in memory)."""
+
+    size: int
+    kind: str
+    multipart: bool
+    charset: str
+
+
+def summary(items: Sequence[Tally], seconds: float) -> str:
     """One line: count, bytes, size percentiles and the share of each kind of mail."""
     n = len(items)
     if n == 0:
-        return "0 mails"
-    sizes = sorted(len(s.raw) for s in items)
+        return f"0 mails, {seconds:.1f} s"
+    sizes = sorted(t.size for t in items)
     cuts = statistics.quantiles(sizes, n=10, method="inclusive") if n > 1 else [sizes[0]] * 9
 
-    def share(test: Callable[[Sample], bool]) -> str:
+    def share(test: Callable[[Tally], bool]) -> str:
         return f"{100 * sum(map(test, items)) / n:.0f}%"
 
+    kib = "/".join(f"{size / 1024:.1f}" for size in (cuts[0], cuts[4], cuts[8], sizes[-1]))
     return (
-        f"{n} mails, {sum(sizes) / 1e6:.1f} MB, size p10/p50/p90/max "
-        f"{cuts[0] / 1024:.1f}/{cuts[4] / 1024:.1f}/{cuts[8] / 1024:.1f}/{sizes[-1] / 1024:.1f} KiB, "
-        f"multipart {share(lambda s: s.multipart)}, replies {share(lambda s: s.kind == 'reply')}, "
-        f"auto {share(lambda s: s.kind == 'auto')}, iso-8859-1 "
-        f"{share(lambda s: s.charset == 'iso-8859-1')}, {seconds:.1f} s"
+        f"{n} mails, {sum(sizes) / 1e6:.1f} MB, size p10/p50/p90/max {kib} KiB, "
+        f"multipart {share(lambda t: t.multipart)}, replies {share(lambda t: t.kind == 'reply')}, "
+        f"auto {share(lambda t: t.kind == 'auto')}, "
+        f"iso-8859-1 {share(lambda t: t.charset == 'iso-8859-1')}, {seconds:.1f} s"
     )
 
 
@@ -2433,11 +2485,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--now", type=_iso, help="ISO date-time the mail leads up to")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    items = samples(args.n, args.seed, args.now)
+    if args.format == "maildir":
+        written = write_maildir(items, args.out, args.seed)
+    else:
+        written = write_mbox(items, args.out)
     try:
-        written = write(samples(args.n, args.seed, args.now), args.out, args.format)
+        tallies = [Tally(len(s.raw), s.kind, s.multipart, s.charset) for s in written]
     except OSError as exc:
         parser.exit(1, f"corpus: cannot write {args.out}: {exc.strerror or exc}\n")
-    print(f"{summary(written, time.perf_counter() - started)} -> {args.out}")
+    print(f"{summary(tallies, time.perf_counter() - started)} -> {args.out}")
     return 0
 
 

@@ -374,7 +374,11 @@ def report(config_path: Path | None, out: Path, period: float) -> None:
     from .report import write_report
 
     settings = _settings(config_path)
-    summary = write_report(settings, _store(settings), out, period, time.time())
+    try:
+        summary = write_report(settings, _store(settings), out, period, time.time())
+    except OSError as exc:
+        _fail(f"{out}: cannot write the report: {exc.strerror or exc}")
+        return
     click.echo(f"wrote {out} ({summary['volume']['new_cases']} new cases, "
                f"{summary['volume']['mails_in']} mails in)")
 

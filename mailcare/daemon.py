@@ -23,7 +23,7 @@ from . import pipeline
 from .config import Settings
 from .imap import Backoff, Fetched, ImapAuthError, ImapError, ImapSource, ImapUnavailable
 from .mail import Mail
-from .oauth import token_source
+from .oauth import TokenCommand, token_source
 from .outbox import OutboxWorker
 from .store import Store, StoreError, instance_lock
 from .systemd import Notifier
@@ -59,6 +59,7 @@ class Daemon:
         self._source: ImapSource | None = None
         self._outage_since: float | None = None
         self._next_sla = 0.0
+        self._imap_tokens: tuple[tuple[str, str], TokenCommand | None] | None = None
         self.on_batch: Callable[[list[pipeline.plan_mod.Plan]], None] | None = None
 
     # -- public ------------------------------------------------------------------------
@@ -161,9 +162,10 @@ class Daemon:
         source = ImapSource(
             imap,
             password=imap.password.get_secret_value() if imap.password else None,
-            token_command=token_source(imap.auth, imap.oauth2_token_command),
+            token_command=self._imap_token(),
             max_message_bytes=self.settings.limits.max_message_bytes,
             logger=log,
+            readonly=self.settings.mailcare.mode == "shadow",
         )
         try:
             uidvalidity = source.connect()
@@ -181,6 +183,15 @@ class Daemon:
             self.notifier.ready(self._status(store))
             log.info("event=ready folder=%s uidvalidity=%d", imap.folder, uidvalidity)
         return source
+
+    def _imap_token(self) -> TokenCommand | None:
+        """One token cache for every IMAP connection: a reconnect reuses the token until it
+        expires instead of running the helper (and its provider round trip) again."""
+        imap = self.settings.imap
+        key = (imap.auth, imap.oauth2_token_command)
+        if self._imap_tokens is None or self._imap_tokens[0] != key:
+            self._imap_tokens = (key, token_source(*key))
+        return self._imap_tokens[1]
 
     def _sync_uidvalidity(self, store: Store, uidvalidity: int) -> None:
         folder = self.settings.imap.folder
@@ -371,11 +382,15 @@ class Daemon:
         except Exception as exc:  # a bad new config must not stop a running service
             log.error("event=reload_rejected error=%s", exc)
             return
+        problem = _reload_problem(self.settings, settings, engine)
+        if problem:
+            log.error("event=reload_rejected error=%s", problem)
+            return
         imap_changed = settings.imap != self.settings.imap
         smtp_changed = settings.smtp != self.settings.smtp
         mode_changed = settings.mailcare.mode != self.settings.mailcare.mode
         self.settings, self.engine = settings, engine
-        if imap_changed and self._source is not None:
+        if (imap_changed or mode_changed) and self._source is not None:
             self._source.close()
             self._source = None
         if smtp_changed or mode_changed:
@@ -383,7 +398,23 @@ class Daemon:
                 self.outbox.stop()
                 self.outbox = None
             self._start_outbox()
-        log.info("event=reloaded imap_reconnect=%s", imap_changed)
+        log.info("event=reloaded imap_reconnect=%s", imap_changed or mode_changed)
+
+
+def _reload_problem(old: Settings, new: Settings, engine: pipeline.Engine) -> str:
+    """Why a loaded configuration still cannot replace the running one ("" when it can).
+
+    Templates compile lazily, so a broken one would otherwise surface only when a mail
+    needs it, and fail that mail again and again until it is quarantined. The store is
+    opened once at start: a new state_dir would split intake and outbox between two
+    databases."""
+    if new.mailcare.state_dir != old.mailcare.state_dir:
+        return "mailcare.state_dir cannot change while running (restart instead)"
+    problems = engine.templates.check()
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"templates: {problems[0]}{more}"
+    return ""
 
 
 def _header_block(raw: bytes) -> bytes:

@@ -131,8 +131,12 @@ class ImapSource:
         token_command: Callable[[], str] | None = None,
         max_message_bytes: int,
         logger: logging.Logger,
+        readonly: bool = False,
     ) -> None:
         self.section = section
+        # EXAMINE instead of SELECT (shadow mode): the server changes nothing, not even
+        # \Recent, and refuses any STORE or MOVE that would.
+        self.readonly = readonly
         self._password = password
         self._token_command = token_command
         self.max_message_bytes = max_message_bytes
@@ -199,7 +203,9 @@ class ImapSource:
             )
             self._delimiter = self._find_delimiter()
         with self._guard(f"select {section.folder}"):
-            selected = self.client.select_folder(self._server_name(section.folder))
+            selected = self.client.select_folder(
+                self._server_name(section.folder), readonly=self.readonly
+            )
         return int(selected[b"UIDVALIDITY"])
 
     def _starttls(self) -> None:

@@ -25,6 +25,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+class JournalFormatter(logging.Formatter):
+    """`<N>message` lines: journald stamps the time and the unit itself and reads `<N>` as
+    the syslog priority (sd-daemon(3)), so `journalctl -p warning` finds mailcare's
+    warnings. Every line of a traceback gets the prefix, or journald files it as info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next(p for level, p in _PRIORITIES if record.levelno >= level)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
+# (lowest level, syslog priority), most severe first: 2 crit, 3 err, 4 warning, 6 info, 7 debug
+_PRIORITIES = (
+    (logging.CRITICAL, 2),
+    (logging.ERROR, 3),
+    (logging.WARNING, 4),
+    (logging.INFO, 6),
+    (logging.NOTSET, 7),
+)
+
+
 def _fields(message: str) -> dict[str, str]:
     """`case=1042 action=ack to=x` → {"case": "1042", …}, so JSON users can filter."""
     out: dict[str, str] = {}
@@ -40,8 +60,7 @@ def setup_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None 
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     elif os.environ.get("JOURNAL_STREAM"):
-        # journald records the time and the unit; the level becomes a syslog-style prefix.
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
                                                "%Y-%m-%d %H:%M:%S"))

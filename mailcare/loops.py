@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from email.utils import getaddresses
 
 from mailcare import tokens
 from mailcare.mail import Mail
@@ -252,8 +253,16 @@ def _no_sender(mail: Mail) -> list[_Signal]:
 
 
 def _not_addressed(mail: Mail, support_address: str, aliases: Sequence[str]) -> list[_Signal]:
-    """RFC 3834 §2 / RFC 5230 §4.5: answer only mail that names us (not Bcc, not a list)."""
-    if any(tokens.is_our_address(r, support_address, aliases) for r in mail.recipients):
+    """RFC 3834 §2 / RFC 5230 §4.5: answer only mail that names us (not Bcc, not a list).
+
+    Only the header fields the sender wrote count (To, Cc, Bcc and their Resent- forms, as
+    Pigeonhole's vacation checks). `mail.recipients` also holds Delivered-To and
+    X-Original-To, which the LDA writes on every copy it delivers, Bcc'd or not.
+    """
+    named = [a.addr for a in (*mail.to, *mail.cc)]
+    for name in ("bcc", "resent-to", "resent-cc", "resent-bcc"):
+        named += [addr for _, addr in getaddresses(list(mail.header(name))) if addr]
+    if any(tokens.is_our_address(r, support_address, aliases) for r in named):
         return []
     return [_Signal(HUMAN, "not-addressed-to-us")]
 

@@ -298,13 +298,17 @@ class _Builder:
         """(decoded values for `Mail.headers`, undecoded ones for address parsing)."""
         decoded: dict[str, list[str]] = {}
         undecoded: dict[str, list[str]] = {}
+        wide, cap = 2 * self.cap, self.cap
         for name, value in pairs:
             key = name.lower()
             # Decoding costs more than slicing: cap before (encoded text is never shorter).
-            raw = _unfold(_to_text(value)[: 4 * self.cap])[: 2 * self.cap]
+            if value.isascii() and "\n" not in value:  # most values: nothing to undo
+                raw = value[:wide]
+            else:
+                raw = _unfold(_to_text(value[: 2 * wide]))[:wide]
             undecoded.setdefault(key, []).append(raw)
             text = decode_words(raw, self.defects) if "=?" in raw else raw
-            decoded.setdefault(key, []).append(clean_line(text)[: self.cap])
+            decoded.setdefault(key, []).append(clean_line(text)[:cap])
         return {key: tuple(values) for key, values in decoded.items()}, undecoded
 
     def _body(self, head: Message, body: bytes) -> tuple[str, tuple[Attachment, ...]]:
@@ -1070,6 +1074,8 @@ _HINT = re.compile(r"@|<|\d")
 _DIGIT = re.compile(r"\d")
 _QUOTE_LINE = re.compile(r"^[ \t]*>", re.MULTILINE)
 _SEPARATOR = re.compile(r"[-_=*]{3,}")
+_BLANK_RUN = re.compile(r"\n{3,}")
+_ANSWER_LINE = re.compile(r"^(?![ \t]*>)[ \t]*\S+[ \t]+\S", re.MULTILINE)
 MAX_CUES = 6
 _WINDOW_LINE = 300
 
@@ -1128,9 +1134,10 @@ def reply_text(text: str, languages: Sequence[str] = ("it", "en")) -> str:
     Cuts at the first reply header the `mail-parser-reply` patterns confirm ("On … wrote:",
     "Il giorno … ha scritto:", "Am … schrieb …:", Outlook From:/Sent: and Da:/Inviato:
     blocks, "-----Original Message-----") or at the first `>`-quoted block together with
-    its attribution line, whichever comes first. When nothing is left above the cut (a
-    bottom-posted or inline reply) the answer is every line that is not quoted; when the
-    whole mail is quoted material (a bare forward) it is the whole text.
+    its attribution line, whichever comes first. Answers written between `>`-quoted lines
+    count as new text. When the mail opens with a reply header (a forward, a bottom-posted
+    reply) what follows the header is read the same way; when nothing unquoted is left at
+    all, the whole text is the message.
     """
     body = _normalize_newlines(text[:REPLY_SCAN_CHARS])
     rules = _rules(tuple(languages))
@@ -1152,16 +1159,10 @@ def _reply_lines(body: str, rules: _ReplyRules, depth: int) -> list[str]:
     return [line.rstrip() for line in top]
 
 
-_BLANK_RUN = re.compile(r"\n{3,}")
-
-
-_ANSWER_LINE = re.compile(r"^(?![ \t]*>)[ \t]*\S+[ \t]+\S", re.MULTILINE)
-
-
 def _is_inline_reply(rest: str) -> bool:
-    """True when the history below the cut is `>`-quoted and answered in between
-    ("Hi,\nOn … wrote:\n> question\n\nanswer\n> more"), so the answers are new text too.
-    An answer has at least two words: a lone "<" or "y" is broken wrapping."""
+    """True when the history below the cut is `>`-quoted and answered in between (a
+    question quoted, an answer below it, the next question quoted...), so the answers are
+    new text too. An answer has at least two words: a lone "<" or "y" is broken wrapping."""
     quote = _QUOTE_LINE.search(rest)
     if quote is None or rest.count("\n", 0, quote.start()) > 5:
         return False

@@ -78,6 +78,7 @@ def parse(engine: Engine, raw: bytes) -> mail_mod.Mail:
         languages=cfg.languages,
         default_language=cfg.default_language,
         max_header_bytes=engine.settings.limits.max_header_bytes,
+        max_parts=engine.settings.limits.max_mime_parts,
     )
 
 

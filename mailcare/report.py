@@ -70,6 +70,7 @@ th, td { border-bottom: 1px solid #e4e4e4; padding: 4px 10px; text-align: left;
          vertical-align: top; }
 th { background: #efefec; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.figures th { width: 16em; background: #f6f6f3; font-weight: 600; }
 """
 
 
@@ -103,10 +104,13 @@ def _no_data(axes: Axes) -> None:
 
 
 def _day_ticks(axes: Axes, days: Sequence[str]) -> None:
-    """At most about 15 date labels, whatever the length of the period."""
+    """At most about 15 date labels, whatever the length of the period; the year is left
+    out while all the days share one."""
     step = max(1, -(-len(days) // 15))
     positions = list(range(0, len(days), step))
-    axes.set_xticks(positions, [days[i][5:] for i in positions], rotation=45, ha="right")
+    one_year = len({day[:4] for day in days}) <= 1
+    labels = [days[i][5:] if one_year else days[i] for i in positions]
+    axes.set_xticks(positions, labels, rotation=45, ha="right")
 
 
 def mails_chart(daily: Sequence[Mapping[str, Any]]) -> Figure:
@@ -264,7 +268,7 @@ def _summary_tables(summary: Mapping[str, Any]) -> str:
             f"<tr><th>{_escape(label.strip())}</th><td>{_escape(value)}</td></tr>"
             for label, value in rows
         )
-        parts.append(f"<h2>{_escape(title)}</h2>\n<table>{cells}</table>")
+        parts.append(f'<h2>{_escape(title)}</h2>\n<table class="figures">{cells}</table>')
     head = "".join(f"<th>{_escape(name)}</th>" for name in OWNER_COLUMNS)
     body = "".join(
         "<tr>"
@@ -322,10 +326,18 @@ def build_report(
 def write_report(
     settings: Settings, store: Store, out: Path, period: float, now: float
 ) -> dict[str, Any]:
-    """Write the page to `out` (whole or not at all) and return the summary."""
-    summary, page = build_report(settings, store, period, now)
+    """Write the page to `out` (whole or not at all) and return the summary.
+
+    The file is opened before the work starts, so a folder that does not exist or cannot
+    be written fails at once rather than after the charts are drawn."""
     partial = out.with_name(out.name + ".partial")
-    partial.write_text(page, encoding="utf-8")
+    with partial.open("w", encoding="utf-8") as handle:
+        try:
+            summary, page = build_report(settings, store, period, now)
+            handle.write(page)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
     partial.replace(out)
     return summary
 

@@ -49,6 +49,11 @@ _EVENT_KINDS = (
     "held_other_agent",
     "suppressed_autoreply",
 )
+# Answered from the index messages(created_at, direction) alone: the rows hold raw mails.
+MAIL_SLOTS_SQL = (
+    f"SELECT direction, CAST(created_at / {SLOT} AS INTEGER) AS slot, COUNT(*) "
+    "FROM messages WHERE created_at >= ? GROUP BY direction, slot"
+)
 _CASE_COLUMNS = (
     "number, owner, state, language, scope_kind, scope_category, is_auto, subject, "
     "created_at, first_response_at, closed_at"
@@ -196,11 +201,7 @@ def _decisions(store: Store, since: float) -> dict[int, tuple[str, str]]:
 def _mail_slots(store: Store, since: float) -> list[tuple[str, float, int]]:
     return [
         (str(direction), float(slot) * SLOT, int(count))
-        for direction, slot, count in store.db.execute(
-            f"SELECT direction, CAST(created_at / {SLOT} AS INTEGER) AS slot, COUNT(*) "
-            "FROM messages WHERE created_at >= ? GROUP BY direction, slot",
-            [since],
-        )
+        for direction, slot, count in store.db.execute(MAIL_SLOTS_SQL, [since])
     ]
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -173,3 +174,91 @@ def db(state_dir: Path) -> Store:
 def acks_to(received: list[Any], address: str) -> list[Any]:
     return [r for r in received if address in r.rcpt_tos and
             header(r.data, "Auto-Submitted").startswith("auto-replied")]
+
+
+# -- reliability helpers (tests/test_reliability_*.py, bench/soak_kill.py) -------------------
+
+
+def toml_value(value: Any) -> str:
+    """A Python value written as TOML (the few types a config needs)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def with_settings(text: str, **tables: Mapping[str, Any]) -> str:
+    """A config text with keys set in its tables, replacing the values already there:
+    `with_settings(text, limits={"per_sender_max": 3})`. A missing table is added. TOML
+    forbids a table twice, so a test cannot simply append `[limits]` to `config_text`."""
+    lines = text.splitlines()
+    for table, values in tables.items():
+        header_line = f"[{table}]"
+        if header_line not in (line.strip() for line in lines):
+            lines += ["", header_line]
+        start = next(i for i, line in enumerate(lines) if line.strip() == header_line) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].lstrip().startswith("[")),
+                   len(lines))
+        kept = [line for line in lines[start:end] if line.partition("=")[0].strip() not in values]
+        lines[start:end] = [f"{key} = {toml_value(value)}" for key, value in values.items()] + kept
+    return "\n".join(lines) + "\n"
+
+
+class Rig:
+    """One test's lab: a mailbox on pymap (`LabImap`) or Dovecot, the SMTP sink, a state
+    folder, and the config joining them, with tables overridable per test."""
+
+    def __init__(self, tmp: Path, imap: Any, user: str, sink: Any) -> None:
+        self.tmp, self.imap, self.user, self.sink = tmp, imap, user, sink
+        self.state = tmp / "state"
+        self.path = tmp / "mailcare.toml"
+
+    def config(self, *, imap_port: int | None = None, smtp_port: int | None = None,
+               password: str = "secret", scope: bool = False,
+               **tables: Mapping[str, Any]) -> Path:
+        text = config_text(
+            imap_host="127.0.0.1", imap_port=imap_port or self.imap.port, user=self.user,
+            password=password, smtp_host=self.sink.host, smtp_port=smtp_port or self.sink.port,
+            state_dir=self.state, scope=scope)
+        self.path.write_text(with_settings(text, **tables), encoding="utf-8")
+        return self.path
+
+    def deliver(self, raw: bytes, folder: str = "INBOX") -> None:
+        self.imap.deliver(self.user, raw, folder)
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Read the daemon's database (read-only, a fresh connection each time)."""
+        import sqlite3
+
+        conn = sqlite3.connect(f"file:{self.state / 'mailcare.db'}?mode=ro", uri=True,
+                               timeout=30)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+
+    def count(self, sql: str, *args: Any) -> int:
+        return int(self.rows(sql, *args)[0][0])
+
+    def pending(self) -> int:
+        return self.count("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+
+    def settle(self, daemon: Daemon, processed: int, timeout: float = 30.0) -> None:
+        """Wait until the daemon processed `processed` mails and sent what it queued, plus a
+        short grace so a mail that should not go out would have shown up at the sink."""
+        wait_until(lambda: daemon.processed >= processed, timeout, f"{processed} processed")
+        wait_until(lambda: self.pending() == 0, timeout, "outbox drained")
+        time.sleep(0.3)
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [{"case": case, **json.loads(detail)} for case, detail in self.rows(
+            "SELECT case_number, detail FROM events WHERE kind = ? ORDER BY id", kind)]
+
+
+def with_top_headers(raw: bytes, *lines: str) -> bytes:
+    """Header lines put above the others, where an MTA or LDA writes Return-Path and
+    Authentication-Results."""
+    return "".join(f"{line}\r\n" for line in lines).encode() + raw

@@ -354,6 +354,17 @@ def test_i07_wrong_or_missing_password_is_an_auth_error(server: Server, open_sou
         connected(open_source, server, password=None)
 
 
+def test_xoauth2_login_with_the_token_command(open_source: Any) -> None:
+    with LabImap({LAB_USER: "secret"}, tokens={LAB_USER: "bearer-1"}) as lab:
+        lab.deliver(LAB_USER, message(1))
+        source = open_source(
+            lab.host, lab.port, LAB_USER, auth="xoauth2", password=None,
+            token_command=lambda: "bearer-1",
+        )  # fmt: skip
+        assert len(source.uids_after(0)) == 1
+        source.close()
+
+
 def test_xoauth2_failures_are_auth_errors(server: Server, open_source: Any) -> None:
     class Token:
         invalidated = 0

@@ -211,6 +211,15 @@ def test_report_command_rejects_a_bad_period(tmp_path: Path) -> None:
     assert "'month' is not a period" in result.output
 
 
+@pytest.mark.usefixtures("frozen_cli", "store")
+def test_report_command_into_a_missing_folder_fails_in_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    out = tmp_path / "nowhere" / "report.html"
+    result = CliRunner().invoke(main, ["report", "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output == f"mailcare: {out}: cannot write the report: No such file or directory\n"
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 def test_page_renders_in_headless_chromium(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "report.html"

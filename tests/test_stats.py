@@ -23,6 +23,7 @@ from mailcare.cli import main
 from mailcare.config import HoursSection
 from mailcare.hours import BusinessHours
 from mailcare.stats import (
+    MAIL_SLOTS_SQL,
     CaseRow,
     Rows,
     WorkClock,
@@ -551,6 +552,15 @@ def test_stats_command_without_a_database(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no database" in result.output
     assert "Traceback" not in result.output
+
+
+def test_mail_counts_read_the_index_not_the_stored_mails(store: Store) -> None:
+    """Each messages row carries the raw mail before created_at: a table scan would read
+    every stored mail, so the per-day counts must come from the covering index."""
+    plan = " ".join(
+        str(r[-1]) for r in store.db.execute(f"EXPLAIN QUERY PLAN {MAIL_SLOTS_SQL}", [SINCE])
+    )
+    assert "USING COVERING INDEX messages_created" in plan
 
 
 def test_half_open_period_boundaries(store: Store) -> None:
