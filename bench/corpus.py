@@ -13,12 +13,15 @@ and multipart/alternative with HTML; small PDF and PNG attachments; UTF-8 and IS
 bodies in 7bit, 8bit, quoted-printable and base64; RFC 2047 subjects in Q and B encoding;
 sizes spread over 2-30 KB. The same seed and `now` always give the same bytes.
 
-Messages are built with the stdlib `email` package (a `Message` tree, `email.header`'s
-encoders, `formataddr`, `format_datetime`, `BytesGenerator`) with CRLF line ends, as they
-arrive over SMTP. Two small choices keep 10,000 mails within a few seconds, where the stock
-path needs about a millisecond per mail: header values are folded and encoded once when the
-mail is drafted, so the policy writes them as they are (`_Prefolded`), and the generator
-converts a body's line ends in one pass instead of one write per line (`_Writer`).
+Messages are made with the stdlib `email` package: `email.header`'s Q and B encoders,
+`formataddr`, `format_datetime`, `encode_rfc2231`, binascii's quoted-printable and base64,
+assembled into a MIME tree (`Part`) that `to_message` turns into an `email.message.Message`
+on a compat32 policy with CRLF line ends (as `email.policy.SMTP` has), for the stock
+`BytesGenerator`. Bulk generation writes the same tree directly (`serialize`), byte for byte
+what the generator writes (a test holds it to that), because the generator's per-part work
+(policy clones, re-parsing each Content-Type to find the boundary) would double the cost of
+a mail, and 10,000 mails should take seconds. Header values are folded and encoded once when
+the mail is drafted, so the policy writes them as they are (`_Prefolded`).
 """
 
 from __future__ import annotations
@@ -576,6 +579,7 @@ class Phrases:
     requests: tuple[str, ...]
     closings: tuple[str, ...]
     follow_ups: tuple[str, ...]
+    thanks: tuple[str, ...]
     details: tuple[str, ...]
     away: tuple[str, ...]
     away_subjects: tuple[str, ...]
@@ -635,11 +639,15 @@ IT = Phrases(
         "nessuna novità? Siamo ancora senza servizio.",
         "aggiungo un dettaglio: il problema si presenta soprattutto la sera.",
         "come richiesto vi mando il codice cliente: {code}.",
-        "grazie, adesso funziona tutto. Potete chiudere la segnalazione.",
         "il tecnico non si è presentato all'appuntamento di oggi.",
         "stamattina il problema si è ripresentato identico.",
         "vi inoltro di nuovo la mail qui sotto, non ho ancora ricevuto risposta.",
         "sono passati {days} giorni e nessuno mi ha ancora contattato.",
+    ),
+    thanks=(
+        "grazie, adesso funziona tutto. Potete chiudere la segnalazione.",
+        "confermo che da ieri la linea è tornata a funzionare, grazie per l'aiuto.",
+        "tutto risolto, grazie mille per la disponibilità.",
     ),
     details=(
         "Codice cliente: {code}",
@@ -747,10 +755,14 @@ EN = Phrases(
         "any news? We are still without service.",
         "one more detail: it mostly happens in the evening.",
         "as requested, my customer code is {code}.",
-        "thanks, everything works now. You can close the ticket.",
         "the technician did not show up for today's appointment.",
         "the problem came back this morning, exactly as before.",
         "it has been {days} days and nobody has contacted me yet.",
+    ),
+    thanks=(
+        "thanks, everything works now. You can close the ticket.",
+        "I can confirm the line has worked since yesterday, thank you for your help.",
+        "all sorted, many thanks.",
     ),
     details=(
         "Customer code: {code}",
@@ -813,19 +825,25 @@ EN = Phrases(
 )
 PHRASES = {"it": IT, "en": EN}
 
-IT_FIRST = ["Mario", "Giulia", "Francesco", "Chiara", "Alessandro", "Federica", "Luca", "Sara", "Marco", "Elena", "Giovanni", "Martina", "Andrea", "Silvia", "Matteo", "Valentina", "Davide", "Laura", "Stefano", "Paola", "Niccolò", "Lucia", "Roberto", "Anna", "Giuseppe", "Francesca", "Antonio", "Elisa", "Fabio", "Ilaria", "Simone", "Beatrice", "Paolo", "Carla", "Enrico", "Rita", "Daniele", "Monica", "Gianluca", "Cristina", "Pietro", "Alessia", "Tommaso", "Noemi", "Emanuele", "Giorgia", "Riccardo", "Barbara", "Massimo", "Rosa", "Claudio", "Nicolò", "Mattia", "Gioele", "Loredana", "Ornella", "Vittorio", "Agnese"]
-IT_LAST = (
-    (
-        "Rossi Russo Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Bruno Gallo Conti "
-        "De_Luca Mancini Costa Giordano Rizzo Lombardi Moretti Barbieri Fontana Santoro Mariani "
-        "Rinaldi Caruso Ferrara Galli Martini Leone Longo Gentile Martinelli Vitale Serra Coppola "
-        "De_Santis D'Angelo Marchetti Parisi Villa Conte Ferraro Fabbri Marini Grasso Valentini "
-        "Messina Sala De_Angelis Gatti Pellegrini Palumbo Sanna Farina Monti Cattaneo Morelli Amato "
-        "Silvestri Mazza Testa Dell'Acqua Pagano Zanetti Bellini Guerra Pirrò Cantù Mosè Nicolò"
-    )
-    .replace("_", " ")
-    .split(" ")
+# Names as customers write them ("_" joins a two-word surname).
+_IT_FIRST = (
+    "Mario Giulia Francesco Chiara Alessandro Federica Luca Sara Marco Elena Giovanni Martina "
+    "Andrea Silvia Matteo Valentina Davide Laura Stefano Paola Niccolò Lucia Roberto Anna "
+    "Giuseppe Francesca Antonio Elisa Fabio Ilaria Simone Beatrice Paolo Carla Enrico Rita "
+    "Daniele Monica Gianluca Cristina Pietro Alessia Tommaso Noemi Emanuele Giorgia Riccardo "
+    "Barbara Massimo Rosa Claudio Nicolò Mattia Gioele Loredana Ornella Vittorio Agnese "
 )
+_IT_LAST = (
+    "Rossi Russo Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Bruno Gallo Conti "
+    "De_Luca Mancini Costa Giordano Rizzo Lombardi Moretti Barbieri Fontana Santoro Mariani "
+    "Rinaldi Caruso Ferrara Galli Martini Leone Longo Gentile Martinelli Vitale Serra Coppola "
+    "De_Santis D'Angelo Marchetti Parisi Villa Conte Ferraro Fabbri Marini Grasso Valentini "
+    "Messina Sala De_Angelis Gatti Pellegrini Palumbo Sanna Farina Monti Cattaneo Morelli "
+    "Amato Silvestri Mazza Testa Dell'Acqua Pagano Zanetti Bellini Guerra Pirrò Cantù Mosè "
+    "Nicolò "
+)
+IT_FIRST = tuple(_IT_FIRST.split())
+IT_LAST = tuple(name.replace("_", " ") for name in _IT_LAST.split())
 EN_NAMES = (
     "Sarah Mitchell",
     "James O'Connor",
@@ -850,23 +868,23 @@ EN_NAMES = (
     "Mark Thompson",
     "Anna Lindqvist",
 )
-COMPANIES = (
-    "Studio Legale Ferri",
-    "Ferramenta Bianchi S.r.l.",
-    "Pizzeria Da Gino",
-    "B&B La Quercia",
-    "Studio Dentistico Conti",
-    "Autofficina Martini",
-    "Farmacia San Marco",
-    "Agenzia Immobiliare Casa Più",
-    "Hotel Bellavista",
-    "Panificio Fratelli Greco",
-    "Cooperativa Sociale Il Ponte",
-    "Tecnoservizi S.n.c.",
-    "Studio Commercialista Valli",
-    "Ottica Moretti",
-    "Caseificio Val d'Enza",
-    "Gelateria Il Cono",
+COMPANIES = (  # {last}: a surname, {city}: a town
+    "Studio Legale {last}",
+    "Ferramenta {last} S.r.l.",
+    "Pizzeria da {first}",
+    "B&B {city}",
+    "Studio Dentistico {last}",
+    "Autofficina {last}",
+    "Farmacia {last}",
+    "Agenzia Immobiliare {last}",
+    "Hotel {city}",
+    "Panificio Fratelli {last}",
+    "Cooperativa Sociale {city}",
+    "Tecnoservizi {last} S.n.c.",
+    "Studio Commercialista {last}",
+    "Ottica {last}",
+    "Caseificio {last}",
+    "Gelateria {first}",
 )
 CITIES = (
     ("Bologna", "40121", "BO"),
@@ -938,6 +956,14 @@ EN_DOMAINS = {
     "gmx.de": "gmx",
     "proton.me": "proton",
 }
+PDF_NAMES = ("contratto firmato.pdf", "ricevuta_pagamento.pdf", "bolletta_già_pagata.pdf")
+PDF_HEAD = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+PDF_TAIL = b"\n%%EOF\n"
+PNG_NAMES = ("speedtest.png", "foto_router.png", "schermata_errore.png", "image001.png")
+PNG_HEAD = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x03\x20\x00\x00\x02\x58\x08\x06\x00\x00\x00"
+)
+PNG_TAIL = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Latin-1 has no euro sign or typographic quotes: what a Latin-1 mail program sends instead.
 LATIN1_FALLBACK = (
     ("€", "EUR"),
@@ -973,86 +999,87 @@ class Client:
     domains: tuple[str, ...] = ()  # family mail domains it is typically used with
 
 
+RE = {"it": "Re: ", "en": "Re: "}
 CLIENTS: tuple[Client, ...] = (
     Client(
-        "gmail",
-        34,
-        None,
-        1.0,
-        0.0,
-        "quoted-printable",
-        "B",
-        False,
-        {"it": "Re: ", "en": "Re: "},
-        "UTF-8",
+        key="gmail",
+        weight=34,
+        agent=None,
+        html_share=1.0,
+        latin1_share=0.0,
+        cte="quoted-printable",
+        words="B",
+        wraps=False,
+        prefix=RE,
+        charset_label="UTF-8",
         domains=("gmail.com",),
     ),
     Client(
-        "outlook",
-        20,
-        ("X-Mailer", "Microsoft Outlook 16.0"),
-        1.0,
-        0.6,
-        "quoted-printable",
-        "Q",
-        False,
-        {"it": "R: ", "en": "RE: "},
-        "utf-8",
-        {"it": "Scarica Outlook per Android", "en": "Get Outlook for Android"},
-        ("hotmail.it", "outlook.it", "live.it", "outlook.com", "libero.it", "alice.it"),
+        key="outlook",
+        weight=20,
+        agent=("X-Mailer", "Microsoft Outlook 16.0"),
+        html_share=1.0,
+        latin1_share=0.6,
+        cte="quoted-printable",
+        words="Q",
+        wraps=False,
+        prefix={"it": "R: ", "en": "RE: "},
+        charset_label="utf-8",
+        footer={"it": "Scarica Outlook per Android", "en": "Get Outlook for Android"},
+        domains=("hotmail.it", "outlook.it", "live.it", "outlook.com", "libero.it", "alice.it"),
     ),
     Client(
-        "thunderbird",
-        10,
-        ("User-Agent", "Mozilla Thunderbird"),
-        0.3,
-        0.0,
-        "8bit",
-        "Q",
-        True,
-        {"it": "Re: ", "en": "Re: "},
-        "UTF-8",
+        key="thunderbird",
+        weight=10,
+        agent=("User-Agent", "Mozilla Thunderbird"),
+        html_share=0.3,
+        latin1_share=0.0,
+        cte="8bit",
+        words="Q",
+        wraps=True,
+        prefix=RE,
+        charset_label="UTF-8",
         domains=("libero.it", "tiscali.it", "gmx.de", "proton.me", "gmail.com"),
     ),
     Client(
-        "apple",
-        14,
-        ("X-Mailer", "iPhone Mail (21E236)"),
-        0.9,
-        0.0,
-        "quoted-printable",
-        "Q",
-        False,
-        {"it": "Re: ", "en": "Re: "},
-        "utf-8",
-        {"it": "Inviato da iPhone", "en": "Sent from my iPhone"},
-        ("icloud.com", "gmail.com", "libero.it"),
+        key="apple",
+        weight=14,
+        agent=("X-Mailer", "iPhone Mail (21E236)"),
+        html_share=0.9,
+        latin1_share=0.0,
+        cte="quoted-printable",
+        words="Q",
+        wraps=False,
+        prefix=RE,
+        charset_label="utf-8",
+        footer={"it": "Inviato da iPhone", "en": "Sent from my iPhone"},
+        domains=("icloud.com", "gmail.com", "libero.it"),
     ),
     Client(
-        "android",
-        8,
-        ("X-Mailer", "Samsung Mobile Email"),
-        0.8,
-        0.0,
-        "base64",
-        "B",
-        False,
-        {"it": "R: ", "en": "Re: "},
-        "UTF-8",
-        {"it": "Inviato dal mio Galaxy", "en": "Sent from my Galaxy"},
-        ("gmail.com", "libero.it", "virgilio.it", "yahoo.it", "yahoo.co.uk"),
+        key="android",
+        weight=8,
+        agent=("X-Mailer", "Samsung Mobile Email"),
+        html_share=0.7,
+        latin1_share=0.0,
+        cte="base64",
+        words="B",
+        wraps=False,
+        prefix={"it": "R: ", "en": "Re: "},
+        charset_label="UTF-8",
+        footer={"it": "Inviato dal mio Galaxy", "en": "Sent from my Galaxy"},
+        domains=("gmail.com", "libero.it", "virgilio.it", "yahoo.it", "yahoo.co.uk"),
     ),
     Client(
-        "webmail",
-        14,
-        ("X-Mailer", "Libero Mail"),
-        0.5,
-        0.7,
-        "quoted-printable",
-        "Q",
-        False,
-        {"it": "Re: ", "en": "Re: "},
-        "UTF-8",
+        key="webmail",
+        weight=14,
+        agent=("X-Mailer", "Libero Mail"),
+        html_share=0.4,
+        latin1_share=0.7,
+        cte="quoted-printable",
+        words="Q",
+        wraps=False,
+        prefix=RE,
+        charset_label="UTF-8",
         domains=("libero.it", "virgilio.it", "alice.it", "tim.it", "tiscali.it"),
     ),
 )
@@ -1624,8 +1651,6 @@ class Generator:
 
     def __init__(self, seed: int, now: datetime):
         self.rng = random.Random(seed)
-        self.seed = seed
-        self.now = now
         self.customers: list[Customer] = []
         self.recent: deque[Record] = deque(maxlen=RECENT)
         self.seen_ids: set[str] = set()
@@ -1647,8 +1672,10 @@ class Generator:
         name = r.choice(EN_NAMES) if lang == "en" else f"{r.choice(IT_FIRST)} {r.choice(IT_LAST)}"
         first, last = _ascii_local(name.split()[0]), _ascii_local(name.split()[-1])
         if r.random() < BUSINESS_SHARE:
-            company = r.choice(COMPANIES)
-            domain = f"{_ascii_local(company.split(' S.')[0])[:22]}.it"
+            company = r.choice(COMPANIES).format(
+                last=r.choice(IT_LAST), first=r.choice(IT_FIRST), city=r.choice(CITIES)[0]
+            )
+            domain = f"{_ascii_local(company.split(' S.')[0])[:24]}.it"
             provider = r.choice(tuple(BUSINESS_CLIENTS))
             client = CLIENT[r.choice(BUSINESS_CLIENTS[provider])]
             local = r.choice(("info", "amministrazione", first, f"{first[0]}.{last}"))
@@ -1810,9 +1837,13 @@ class Generator:
         subject = customer.client.prefix[lang] + _strip_prefix(parent.subject)
         d = self._draft("reply", customer, when, subject, parent.topic, parent.case, v)
         p = PHRASES[lang]
-        text = _sentence_case(" ".join(r.sample(p.follow_ups, r.randint(1, 2))).format_map(v))
-        if r.random() < 0.4:
-            text += " " + r.choice(parent.topic.problems[lang]).format_map(v)
+        if r.random() < 0.15:
+            sentences = [r.choice(p.thanks)]
+        else:
+            sentences = r.sample(p.follow_ups, r.randint(1, 2))
+            if r.random() < 0.4:
+                sentences.append(r.choice(parent.topic.problems[lang]))
+        text = " ".join(_sentence_case(x) for x in sentences).format_map(v)
         d.body = [("l", r.choice(p.greetings)), ("p", text)] if r.random() < 0.7 else [("p", text)]
         d.quote_head = _attribution(parent, customer.client.key, lang)
         d.quote = parent.text
@@ -1885,33 +1916,18 @@ class Generator:
         return closing
 
     def _attachment(self, topic: Topic, lang: str, when: datetime) -> Attachment:
+        """A small PDF (invoice, contract, ID card) or PNG (screenshot, photo of the router):
+        the right magic bytes around random ones; `_fit` sets the size."""
         r = self.rng
-        month = PHRASES[lang].months[when.month - 1]
         if r.random() < 0.5:
-            names = (
-                f"fattura_{month}_{when.year}.pdf",
-                "contratto firmato.pdf",
-                "ricevuta_pagamento.pdf",
-                "bolletta_già_pagata.pdf",
-            )
+            month = PHRASES[lang].months[when.month - 1]
+            names = [f"fattura_{month}_{when.year}.pdf", *PDF_NAMES]
             if topic.key in ("billing", "electricity", "move"):
-                names = names + ("Documento d'identità.pdf",)
-            magic = (
-                b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
-            )
-            return Attachment(r.choice(names), "application/pdf", magic, b"\n%%EOF\n", 400)
-        stamp = when.astimezone(ROME)
-        names = (
-            f"Screenshot {stamp:%Y-%m-%d} alle {stamp:%H.%M.%S}.png",
-            "speedtest.png",
-            "foto_router.png",
-            "schermata_errore.png",
-            "image001.png",
-        )
-        magic = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x03\x20\x00\x00\x02\x58\x08\x06\x00\x00\x00"
-        return Attachment(
-            r.choice(names), "image/png", magic, b"\x00\x00\x00\x00IEND\xaeB`\x82", 400
-        )
+                names.append("Documento d'identità.pdf")
+            return Attachment(r.choice(names), "application/pdf", PDF_HEAD, PDF_TAIL, 400)
+        t = when.astimezone(ROME)
+        shot = f"Screenshot {t.year}-{t.month:02d}-{t.day:02d} alle {t.hour:02d}.{t.minute:02d}.png"
+        return Attachment(r.choice([shot, *PNG_NAMES]), "image/png", PNG_HEAD, PNG_TAIL, 400)
 
     def _message_id(self, c: Customer, when: datetime) -> str:
         while True:
@@ -2159,24 +2175,44 @@ def _own_domain(c: Customer) -> str:
     return c.addr.partition("@")[2]
 
 
+def _gmail_id(r: random.Random, c: Customer, when: datetime) -> str:
+    return f"<CA{_b64(r, 36).rstrip('=')}@mail.gmail.com>"
+
+
+def _outlook_id(r: random.Random, c: Customer, when: datetime) -> str:
+    """Exchange Online's id for hosted mailboxes; classic Outlook's for a company's own server."""
+    if c.provider != "microsoft":
+        stamp = f"{r.getrandbits(28):07x}${r.getrandbits(32):08x}${r.getrandbits(32):08x}"
+        return f"<000{r.randrange(16)}01d{stamp}$@{_own_domain(c)}>"
+    server = f"AM9PR0{r.randint(1, 9)}MB{r.randint(1000, 9999)}"
+    return f"<{server}{r.getrandbits(96):024X}@{server}.eurprd0{r.randint(1, 9)}.prod.outlook.com>"
+
+
+def _thunderbird_id(r: random.Random, c: Customer, when: datetime) -> str:
+    return f"<{_uuid(r)}@{_own_domain(c)}>"
+
+
+def _apple_id(r: random.Random, c: Customer, when: datetime) -> str:
+    return f"<{_uuid(r).upper()}@{_own_domain(c)}>"
+
+
+def _android_id(r: random.Random, c: Customer, when: datetime) -> str:
+    return f"<{r.getrandbits(64):016x}.{r.getrandbits(64):016x}@email.android.com>"
+
+
+def _webmail_id(r: random.Random, c: Customer, when: datetime) -> str:
+    millis = int(when.timestamp() * 1000)
+    return f"<{millis}.{r.randint(10**6, 10**7)}.{r.getrandbits(32)}@{_own_domain(c)}>"
+
+
 MessageId = Callable[[random.Random, Customer, datetime], str]
 MESSAGE_IDS: dict[str, MessageId] = {
-    "gmail": lambda r, c, w: f"<CA{_b64(r, 36).rstrip('=')}@mail.gmail.com>",
-    "outlook": lambda r, c, w: (
-        f"<000{r.randrange(16)}01d{r.getrandbits(28):07x}${r.getrandbits(32):08x}"
-        f"${r.getrandbits(32):08x}$@{_own_domain(c)}>"
-        if c.provider != "microsoft"
-        else f"<AM9PR0{r.randint(1, 9)}MB{r.randint(1000, 9999)}{r.getrandbits(96):024X}"
-        f"@AM9PR0{r.randint(1, 9)}MB{r.randint(1000, 9999)}.eurprd0{r.randint(1, 9)}.prod.outlook.com>"
-    ),
-    "thunderbird": lambda r, c, w: f"<{_uuid(r)}@{_own_domain(c)}>",
-    "apple": lambda r, c, w: f"<{_uuid(r).upper()}@{_own_domain(c)}>",
-    "android": lambda r, c, w: (
-        f"<{r.getrandbits(64):016x}.{r.getrandbits(64):016x}@email.android.com>"
-    ),
-    "webmail": lambda r, c, w: (
-        f"<{int(w.timestamp() * 1000)}.{r.randint(10**6, 10**7)}.{r.getrandbits(32)}@{_own_domain(c)}>"
-    ),
+    "gmail": _gmail_id,
+    "outlook": _outlook_id,
+    "thunderbird": _thunderbird_id,
+    "apple": _apple_id,
+    "android": _android_id,
+    "webmail": _webmail_id,
 }
 
 
@@ -2284,65 +2320,80 @@ LEGAL = (
     "processed only for the purpose for which it was provided, with appropriate security measures.",
 )
 
+
+def _ping_line(r: random.Random, i: int, when: datetime) -> str:
+    if i % 25:
+        return f"64 bytes from 8.8.8.8: icmp_seq={i + 1} ttl=117 time={r.uniform(9, 480):.1f} ms"
+    down, up = r.uniform(0.5, 90), r.uniform(0.2, 20)
+    return (
+        f"{when:%d/%m/%Y %H:%M} speedtest: download {down:.1f} Mbps, upload {up:.1f} Mbps, "
+        f"ping {r.randint(8, 300)} ms"
+    )
+
+
+def _router_line(r: random.Random, i: int, when: datetime) -> str:
+    event = r.choice(
+        (
+            "PPPoE: link down (LCP echo timeout)",
+            f"PPPoE: connection established, IPv4 93.45.{r.randint(0, 255)}.{r.randint(1, 254)}",
+            "DSL: synchronisation lost, retrying",
+            f"DSL: synchronised at {r.randint(900, 19000)} / {r.randint(300, 1000)} kbit/s",
+            f"WLAN: station {r.getrandbits(48):012x} disconnected (reason 4)",
+            "VoIP: registration of number failed (408 Request Timeout)",
+            "System: reboot after watchdog reset",
+            "GPON: optical signal lost (LOS)",
+        )
+    )
+    return f"{when:%Y-%m-%d %H:%M:%S} {event}"
+
+
+def _apache_line(r: random.Random, i: int, when: datetime) -> str:
+    event = r.choice(
+        (
+            "[php:error] [pid {}] PHP Fatal error:  Allowed memory size of 134217728 bytes "
+            "exhausted",
+            "[core:error] [pid {}] (28)No space left on device: AH00023: Couldn't create the mutex",
+            "[ssl:warn] [pid {}] AH01909: server certificate does NOT include an ID which "
+            "matches the server name",
+            "[proxy_fcgi:error] [pid {}] AH01071: Got error 'Primary script unknown'",
+        )
+    )
+    stamp = f"{when:%a %b %d %H:%M:%S}.{r.randint(0, 999999):06d} {when.year}"
+    return f"[{stamp}] {event.format(r.randint(1000, 40000))}"
+
+
+def _invoice_line(r: random.Random, i: int, when: datetime) -> str:
+    number = f"{when.year}/{r.randint(1, 99999):07d}"
+    amount = f"{r.uniform(20, 90):.2f}".replace(".", ",")
+    state = r.choice(("pagata", "pagata", "da pagare", "addebito RID", "insoluta"))
+    return f"Fattura {number} del {_months_back(when, i % 12)}  importo € {amount}  {state}"
+
+
+def _pec_line(r: random.Random, i: int, when: datetime) -> str:
+    kind = r.choice(("ACCETTAZIONE", "AVVENUTA CONSEGNA", "MANCATA CONSEGNA", "POSTA CERTIFICATA"))
+    return f"{when:%d/%m/%Y %H:%M}  {kind}: Prot. n. {r.randint(100, 9999)} - comunicazione {i}"
+
+
+def _winevent_line(r: random.Random, i: int, when: datetime) -> str:
+    event = r.choice(
+        (
+            "Errore  WindowsUpdateClient  20  Installazione non riuscita: errore 0x800f0922",
+            "Avviso  Kernel-Power  41  Il sistema è stato riavviato senza un arresto corretto",
+            "Errore  PrintService  372  Impossibile stampare il documento: stampante offline",
+            "Informazioni  Service Control Manager  7036  Servizio Spooler di stampa in esecuzione",
+        )
+    )
+    return f"{when:%d/%m/%Y %H:%M:%S}  {event}"
+
+
 PasteLine = Callable[[random.Random, int, datetime], str]
 PASTE_LINES: dict[str, PasteLine] = {
-    "ping": lambda r, i, w: (
-        f"64 bytes from 8.8.8.8: icmp_seq={i + 1} ttl=117 time={r.uniform(9, 480):.1f} ms"
-        if i % 25
-        else f"{w:%d/%m/%Y %H:%M} speedtest: download {r.uniform(0.5, 90):.1f} Mbps, upload "
-        f"{r.uniform(0.2, 20):.1f} Mbps, ping {r.randint(8, 300)} ms"
-    ),
-    "router": lambda r, i, w: (
-        f"{w:%Y-%m-%d %H:%M:%S} "
-        + r.choice(
-            (
-                "PPPoE: link down (LCP echo timeout)",
-                f"PPPoE: connection established, IPv4 93.45.{r.randint(0, 255)}.{r.randint(1, 254)}",
-                "DSL: synchronisation lost, retrying",
-                f"DSL: synchronised at {r.randint(900, 19000)} / {r.randint(300, 1000)} kbit/s",
-                f"WLAN: station {r.getrandbits(48):012x} disconnected (reason 4)",
-                "VoIP: registration of number failed (408 Request Timeout)",
-                "System: reboot after watchdog reset",
-                "GPON: optical signal lost (LOS)",
-            )
-        )
-    ),
-    "apache": lambda r, i, w: (
-        f"[{w:%a %b %d %H:%M:%S}.{r.randint(0, 999999):06d} {w.year}] "
-        + r.choice(
-            (
-                f"[php:error] [pid {r.randint(1000, 40000)}] PHP Fatal error:  Allowed memory size of 134217728 bytes "
-                "exhausted",
-                f"[core:error] [pid {r.randint(1000, 40000)}] (28)No space left on device: AH00023: Couldn't create the "
-                "mutex",
-                f"[ssl:warn] [pid {r.randint(1000, 40000)}] AH01909: server certificate does NOT include an ID which "
-                "matches the server name",
-                f"[proxy_fcgi:error] [pid {r.randint(1000, 40000)}] AH01071: Got error 'Primary script unknown'",
-            )
-        )
-    ),
-    "invoices": lambda r, i, w: (
-        f"Fattura {w.year}/{r.randint(1, 99999):07d} del {_months_back(w, i % 12)}  importo € "
-        f"{r.uniform(20, 90):.2f}  ".replace(".", ",")
-        + r.choice(("pagata", "pagata", "da pagare", "addebito RID", "insoluta"))
-    ),
-    "pec": lambda r, i, w: (
-        f"{w:%d/%m/%Y %H:%M}  "
-        + r.choice(("ACCETTAZIONE", "AVVENUTA CONSEGNA", "MANCATA CONSEGNA", "POSTA CERTIFICATA"))
-        + f": Prot. n. {r.randint(100, 9999)} - comunicazione {r.randint(1, 500)}"
-    ),
-    "winevent": lambda r, i, w: (
-        f"{w:%d/%m/%Y %H:%M:%S}  "
-        + r.choice(
-            (
-                "Errore  WindowsUpdateClient  20  Installazione non riuscita: errore 0x800f0922",
-                "Avviso  Kernel-Power  41  Il sistema è stato riavviato senza un arresto corretto",
-                "Errore  PrintService  372  Impossibile stampare il documento: stampante offline",
-                "Informazioni  Service Control Manager  7036  Servizio Spooler di stampa in "
-                "esecuzione",
-            )
-        )
-    ),
+    "ping": _ping_line,
+    "router": _router_line,
+    "apache": _apache_line,
+    "invoices": _invoice_line,
+    "pec": _pec_line,
+    "winevent": _winevent_line,
     "legal": _legal_line,
 }
 

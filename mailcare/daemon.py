@@ -90,6 +90,8 @@ class Daemon:
             if problem != "ok":
                 raise StoreError(f"{store.path}: integrity check failed: {problem}")
             self.engine = pipeline.Engine.load(self.settings)
+            for problem in self.engine.templates.check():
+                log.error("event=template_problem error=%s", problem)
             if self.settings.metrics.listen:
                 metrics.serve(self.settings.metrics.listen)
             self._start_outbox()
@@ -284,14 +286,10 @@ class Daemon:
         assert self.engine is not None
         limits = self.settings.limits
         raw = item.raw
-        note = ""
-        if raw is None:
-            note = f"too large: {item.size} bytes (limit {limits.max_message_bytes}); headers only"
-        elif raw.count(b"Content-Type:") + raw.count(b"content-type:") > limits.max_mime_parts:
-            note = f"too many MIME parts (limit {limits.max_mime_parts}); headers only"
-        if not note:
-            assert raw is not None
+        if raw is not None:
+            # parse() itself stops at max_mime_parts and at deep nesting, with a defect.
             return pipeline.parse(self.engine, raw)
+        note = f"too large: {item.size} bytes (limit {limits.max_message_bytes}); headers only"
         head = item.headers or _header_block(raw or b"")
         mail = pipeline.parse(self.engine, head + b"\r\n")
         return dataclasses.replace(mail, defects=(*mail.defects, note))
@@ -360,8 +358,24 @@ class Daemon:
         for plan in plans:
             for line in plan.log_lines():
                 log.info(line)
-        if plans and self.outbox is not None:
+        queued = self._report(store, now)
+        if (plans or queued) and self.outbox is not None:
             self.outbox.wake()
+
+    def _report(self, store: Store, now: float) -> bool:
+        """The scheduled report to the team lead (`[report] to`, `every`)."""
+        report = self.settings.report
+        if not report.to or not report.every:
+            return False
+        from .report import last_report_sent, report_due, send_report
+
+        if not report_due(last_report_sent(store), report.every, now):
+            return False
+        try:
+            return send_report(self.settings, store, now) is not None
+        except Exception as exc:  # a failed report must never stop intake
+            log.exception("event=report_failed error=%r", exc)
+            return False
 
     def _status(self, store: Store) -> str:
         pending, oldest = store.outbox_depth(self.clock())
@@ -405,7 +419,9 @@ def _reload_problem(old: Settings, new: Settings, engine: pipeline.Engine) -> st
     """Why a loaded configuration still cannot replace the running one ("" when it can).
 
     Templates compile lazily, so a broken one would otherwise surface only when a mail
-    needs it, and fail that mail again and again until it is quarantined. The store is
+    needs it, and fail that mail again and again until it is quarantined; checking also
+    compiles every template into the engine's cache (at start too), so an edit on disk
+    reaches the daemon through a reload, never half-way. The store is
     opened once at start: a new state_dir would split intake and outbox between two
     databases."""
     if new.mailcare.state_dir != old.mailcare.state_dir:

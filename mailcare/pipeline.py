@@ -7,6 +7,7 @@ of the store. Nothing here talks to IMAP or SMTP.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets as random_secrets
@@ -124,6 +125,11 @@ def process(
     )
     facts = gather(store, engine, mail, match, now)
     plan = plan_mod.decide(mail, match, facts, env)
+    if plan.matched_by == "bounce" and plan.case is not None and plan.case != match.case:
+        # A bounce names its case by VERP address or returned Message-ID, which only the
+        # plan verifies: decide again knowing that case, so its owner can be told (B01).
+        match = dataclasses.replace(match, case=plan.case)
+        plan = plan_mod.decide(mail, match, gather(store, engine, mail, match, now), env)
     store.apply(plan, now=now)
     return plan
 

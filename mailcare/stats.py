@@ -548,27 +548,23 @@ def sections(summary: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]
                 ("new cases by language", _counts_text(volume["by_language"])),
             ],
         ),
-        (
-            "scope (as first decided)",
-            [
-                ("decided", str(scope["decided"])),
-                ("by kind", _counts_text(scope["by_kind"])),
-                ("unsure", _share(scope["unsure"], scope["decided"])),
-                ("by category", _counts_text(scope["by_category"])),
-                (
-                    "corrected by agents",
-                    f"{scope['corrections']}"
-                    + (
-                        f" ({_counts_text(scope['corrections_by_kind'])})"
-                        if scope["corrections"]
-                        else ""
-                    ),
-                ),
-            ],
-        ),
+        ("scope (as first decided)", _scope_lines(scope)),
         ("first response (working hours)", _first_response_lines(summary["first_response"])),
         ("resolution (working hours)", _percentile_lines(summary["resolution"], "closed")),
         ("protection", _protection_lines(summary)),
+    ]
+
+
+def _scope_lines(scope: Mapping[str, Any]) -> list[tuple[str, str]]:
+    corrected = str(scope["corrections"])
+    if scope["corrections"]:
+        corrected += f" ({_counts_text(scope['corrections_by_kind'])})"
+    return [
+        ("decided", str(scope["decided"])),
+        ("by kind", _counts_text(scope["by_kind"])),
+        ("unsure", _share(scope["unsure"], scope["decided"])),
+        ("by category", _counts_text(scope["by_category"])),
+        ("corrected by agents", corrected),
     ]
 
 

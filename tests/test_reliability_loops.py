@@ -194,7 +194,9 @@ def test_l08_our_own_ack_forwarded_back(rig: Rig) -> None:
         rig.settle(daemon, 3)
     assert len(rig.sink.received) == sent  # no ack, no notification
     assert rig.count("SELECT COUNT(*) FROM cases") == 1
-    assert rig.count("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND role = 'own'") == 2
+    # The unchanged copy is our own stored outgoing mail (same Message-ID): a duplicate.
+    assert daemon.processed == 3
+    assert rig.count("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND role = 'own'") == 1
 
 
 def test_l12_out_of_office_reply_to_our_ack(rig: Rig) -> None:
@@ -350,32 +352,45 @@ def test_l16_redirect_obeys_the_same_rules(rig: Rig) -> None:
 
 def dsn(to: str, recipient: str, *, action: str = "failed", status: str = "5.1.1",
         original: bytes = b"") -> bytes:
-    """An RFC 3464 delivery report as an MTA writes it, from MAILER-DAEMON to `to`."""
-    msg = EmailMessage()
-    msg["From"] = "Mail Delivery System <MAILER-DAEMON@mx.customer.example>"
-    msg["To"] = to
-    msg["Subject"] = "Undelivered Mail Returned to Sender"
-    msg["Date"] = format_datetime(time_now())
-    msg["Message-ID"] = make_msgid(domain="mx.customer.example")
-    msg["Auto-Submitted"] = "auto-replied"
-    msg.set_content(f"I'm sorry to have to inform you that your message could not be "
-                    f"delivered to {recipient}.")
-    report = EmailMessage()
-    report.set_content(
-        f"Reporting-MTA: dns; mx.customer.example\n\nFinal-Recipient: rfc822; {recipient}\n"
-        f"Action: {action}\nStatus: {status}\n"
-        "Diagnostic-Code: smtp; 550 5.1.1 user unknown\n")
-    report.replace_header("Content-Type", "message/delivery-status")
-    msg.add_attachment(report)
-    headers = EmailMessage()
+    """An RFC 3464 delivery report as Postfix writes it, from MAILER-DAEMON to `to`, with the
+    returned mail's header block in a text/rfc822-headers part."""
     head = original.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-    headers.set_content(head + "\n")
-    headers.replace_header("Content-Type", "text/rfc822-headers")
-    msg.add_attachment(headers)
-    msg.replace_header("Content-Type", "multipart/report")
-    msg.set_param("report-type", "delivery-status")
-    return with_top_headers(msg.as_bytes(policy=email.policy.SMTP), "Return-Path: <>",
-                            f"Delivered-To: {to}")
+    boundary = "dsn-" + make_msgid().strip("<>").replace("@", ".")
+    text = f"""\
+Return-Path: <>
+Delivered-To: {to}
+From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>
+To: {to}
+Subject: Undelivered Mail Returned to Sender
+Date: {format_datetime(time_now())}
+Message-ID: {make_msgid(domain="mx.customer.example")}
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
+
+--{boundary}
+Content-Type: text/plain; charset=us-ascii
+
+Your message could not be delivered to {recipient}.
+
+--{boundary}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.customer.example
+
+Final-Recipient: rfc822; {recipient}
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; {status.replace(".", "")[:1]}50 {status} mailbox problem
+
+--{boundary}
+Content-Type: text/rfc822-headers
+
+{head}
+
+--{boundary}--
+"""
+    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode()
 
 
 def first_ack(rig: Rig, sender: str) -> Received:

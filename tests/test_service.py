@@ -138,7 +138,7 @@ class DaemonProcess:
         assert found, f"daemon exited ({self.process.returncode}):\n" + "\n".join(self.lines)
         return found[0]
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
         self.process.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> tuple[int, float]:
@@ -320,7 +320,7 @@ def test_sighup_reloads_config_templates_and_scope_keeping_the_connection(
     text = with_settings(text, mailcare={"display_name": "Servizio Clienti Nuovo"})
     config.write_text(text + scope_toml(tmp_path), encoding="utf-8")
     mark = len(daemon.lines)
-    daemon.signal(signal.SIGHUP)
+    daemon.send(signal.SIGHUP)
     assert "imap_reconnect=False" in daemon.wait_for("event=reloaded", after=mark)
 
     lab_imap.deliver(USER, customer_mail(sender="b@example.org"))
@@ -340,7 +340,7 @@ def test_sighup_reloads_config_templates_and_scope_keeping_the_connection(
     config.write_text(with_settings(config.read_text(encoding="utf-8"), imap={"timeout": 11}),
                       encoding="utf-8")
     mark = len(daemon.lines)
-    daemon.signal(signal.SIGHUP)
+    daemon.send(signal.SIGHUP)
     assert "imap_reconnect=True" in daemon.wait_for("event=reloaded", after=mark)
     lab_imap.deliver(USER, customer_mail(sender="d@example.org"))
     wait_until(lambda: len(acks_to(lab_smtp.received, "d@example.org")) == 1)
