@@ -1231,10 +1231,10 @@ class _Prefolded(Compat32):
     Values may hold LF continuations; they become the policy's line separator."""
 
     def fold_binary(self, name: str, value: str) -> bytes:
-        return f"{name}: {value}{self.linesep}".replace("\n", self.linesep).encode("ascii")
+        return self.fold(name, value).encode("ascii")
 
     def fold(self, name: str, value: str) -> str:
-        return f"{name}: {value}{self.linesep}".replace("\n", self.linesep)
+        return f"{name}: {value.replace(chr(10), self.linesep)}{self.linesep}"
 
 
 POLICY = _Prefolded(linesep="\r\n", mangle_from_=False)
@@ -1790,15 +1790,7 @@ class Generator:
         r = self.rng
         customer = self.customer()
         pool = OUT_OF_SCOPE if r.random() < OUT_OF_SCOPE_SHARE else IN_SCOPE
-        weights = [
-            t.weight * (BUSINESS_TOPICS.get(t.key, 1.0) if customer.company else 1.0) for t in pool
-        ]
-        if not customer.company:  # households seldom run a website or a PEC box
-            weights = [
-                w * (0.15 if t.key in BUSINESS_TOPICS else 1.0)
-                for t, w in zip(pool, weights, strict=True)
-            ]
-        topic = r.choices(pool, weights)[0]
+        topic = r.choices(pool, [_topic_weight(t, bool(customer.company)) for t in pool])[0]
         v = _Values(r, customer.lang, customer, when)
         self.cases += 1
         subject = _sentence_case(r.choice(topic.subjects[customer.lang]).format_map(v))
@@ -2013,6 +2005,13 @@ class Generator:
 
 
 GROWTH = {"base64": 1.37, "quoted-printable": 1.04}  # bytes per character, CRLF included
+
+
+def _topic_weight(topic: Topic, business: bool) -> float:
+    """Businesses write about their website and PEC box; households seldom have one."""
+    if business:
+        return topic.weight * BUSINESS_TOPICS.get(topic.key, 1.0)
+    return topic.weight * (0.15 if topic.key in BUSINESS_TOPICS else 1.0)
 
 
 def _expansion(d: Draft) -> float:
@@ -2422,13 +2421,12 @@ def _arrivals(r: random.Random, n: int, now: datetime) -> list[datetime]:
 def samples(n: int, seed: int = 1, now: datetime | None = None) -> Iterator[Sample]:
     """`n` messages with what each was meant to be (kind, multipart, charset), oldest first.
 
-    The same `seed` and `now` give the same bytes; `now` defaults to the current time (naive
-    values are taken as UTC)."""
+    The same `seed` and instant `now` give the same bytes, whatever its time zone; `now`
+    defaults to the current time (naive values are taken as UTC)."""
     if n < 0:
         raise ValueError("n must not be negative")
     moment = now or datetime.now(UTC)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     gen = Generator(seed, moment)
     for when in _arrivals(gen.rng, n, moment):
         yield gen.next(when)

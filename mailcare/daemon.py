@@ -18,8 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import config as config_mod
-from . import metrics
-from . import pipeline
+from . import metrics, pipeline
 from .config import Settings
 from .imap import Backoff, Fetched, ImapAuthError, ImapError, ImapSource, ImapUnavailable
 from .mail import Mail
@@ -180,6 +179,8 @@ class Daemon:
             log.info("event=imap_recovered after=%.0fs", self.clock() - self._outage_since)
             metrics.reconnects.inc()
             self._outage_since = None
+            if self.ready:
+                self.notifier.status(self._status(store))
         if not self.ready:
             self.ready = True
             self.notifier.ready(self._status(store))
@@ -215,6 +216,9 @@ class Daemon:
             self._outage_since = self.clock()
             log.error("event=%s host=%s error=%s (retrying with backoff)", event,
                       self.settings.imap.host, exc)
+            # `systemctl status` shows why the service is not ready (or not working).
+            imap = self.settings.imap
+            self.notifier.status(f"IMAP {imap.host}:{imap.port} unavailable, retrying: {exc}")
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short slices so the watchdog keeps being fed and stop is prompt."""

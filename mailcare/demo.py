@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import logging
 import shutil
 import threading
 import time
@@ -111,8 +110,9 @@ def _settings(imap: LabImap, smtp: LabSmtp, out: Path) -> config_mod.Settings:
         "retry_base": 1.0})
     settings = pipeline.with_paths(base, state_dir=out / "state")
     metrics = settings.metrics.model_copy(update={"listen": ""})
+    report = settings.report.model_copy(update={"to": ""})
     return settings.model_copy(update={"imap": imap_section, "smtp": smtp_section,
-                                       "metrics": metrics})
+                                       "metrics": metrics, "report": report})
 
 
 def run_demo(out: Path, *, quiet: bool = False) -> int:

@@ -377,6 +377,8 @@ class ImapSource:
         with self._guard("STORE keyword"):
             try:
                 self.client.add_flags(list(uids), [self.section.processed_keyword], silent=True)
+            except imaplib.IMAP4.abort:
+                raise  # the connection is gone, not the keyword refused
             except IMAPClientError as exc:
                 self._warn_keyword(exc)
 
@@ -442,6 +444,8 @@ class ImapSource:
                 return
             try:
                 self.client.create_folder(target)
+            except imaplib.IMAP4.abort:
+                raise
             except IMAPClientError:
                 if not self.client.folder_exists(target):  # else: created by someone else
                     raise

@@ -46,12 +46,19 @@ _PRIORITIES = (
 
 
 def _fields(message: str) -> dict[str, str]:
-    """`case=1042 action=ack to=x` → {"case": "1042", …}, so JSON users can filter."""
+    """`case=1042 action=ack to=x` → {"case": "1042", …}, so JSON users can filter.
+
+    A word without `key=` continues the value before it, so a free-text reason (always
+    last) stays whole: `reason=no agent available` → {"reason": "no agent available"}."""
     out: dict[str, str] = {}
+    last = ""
     for part in message.split(" "):
         key, sep, value = part.partition("=")
         if sep and key.isidentifier():
             out[key] = value
+            last = key
+        elif last:
+            out[last] += " " + part
     return out
 
 

@@ -142,13 +142,24 @@ class Plan:
 
     def log_lines(self) -> list[str]:
         """One line per decision, journald-friendly: `case=1042 action=ack to=… reason=…`."""
-        lines = [f"case={o.case} action={o.kind} to={','.join(o.to)}" for o in self.outgoing]
+        why = self._why()
+        lines = [f"case={o.case} action={o.kind} to={','.join(o.to)} reason={why}"
+                 for o in self.outgoing]
         lines += [
             f"case={self.case} action={e.kind} reason={e.detail.get('reason', '')}"
             for e in self.events
             if e.kind.startswith(("suppressed", "held", "agent_auth", "bounce", "own_", "dup"))
         ]
         return lines
+
+    def _why(self) -> str:
+        """Why this plan sends mail: the scope decision for a new case, else how the mail
+        joined its case (the journal should answer "why did it send that?" on its own)."""
+        if self.new_case is not None:
+            kind, category = self.new_case.get("scope_kind"), self.new_case.get("scope_category")
+            scope = f"{kind}/{category}" if category else str(kind)
+            return f"new case, scope {scope}: {self.new_case.get('scope_reason', '')}"
+        return f"joined by {self.matched_by}" if self.matched_by else "case update"
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -353,7 +364,8 @@ def _may_autoreply(
     ):
         reason = "rate-limited:case"
     if reason:
-        plan.event("suppressed_autoreply", reason=reason, to=mail.sender.addr if mail.sender else "")
+        to = mail.sender.addr if mail.sender else ""
+        plan.event("suppressed_autoreply", reason=reason, to=to)
         plan.reasons.append(f"no automatic reply: {reason}")
         return False
     return True

@@ -14,7 +14,10 @@ What pymap 0.36 (dict backend) does and does not do, so the daemon never depends
 - UIDVALIDITY is random per folder and cannot be changed from outside (Dovecot's
   `doveadm mailbox update --uid-validity` covers that case);
 - first UID in a folder is 101, not 1;
-- the lab offers no TLS (LOGIN/AUTHENTICATE PLAIN in clear text on loopback only).
+- the lab offers no TLS (LOGIN, AUTHENTICATE PLAIN, and XOAUTH2 when `tokens` are given,
+  all in clear text on loopback only);
+- IDLE updates may reach the client split across TCP segments (`* 1 FETCH ` then the
+  rest), which breaks clients that read IDLE responses from a non-blocking socket.
 Messages delivered with `LabImap.deliver` go through pymap's own append path, which wakes
 every IDLE session on that folder at once: tests can measure push latency with it.
 

@@ -7,6 +7,7 @@ a one-line summary, and STOPPING=1 on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -38,16 +39,14 @@ class Notifier:
             return
         if self._socket is None:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
+        with contextlib.suppress(OSError):  # systemd gone (e.g. during shutdown): nothing to do
             self._socket.sendto("\n".join(lines).encode(), self._address)
-        except OSError:
-            pass  # systemd gone (e.g. during shutdown); nothing useful to do
 
     def ready(self, status: str) -> None:
-        self.send("READY=1", f"STATUS={status}")
+        self.send("READY=1", f"STATUS={_one_line(status)}")
 
     def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
+        self.send(f"STATUS={_one_line(status)}")
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
@@ -60,3 +59,9 @@ class Notifier:
         if now - self._last_ping >= min(1.0, self.watchdog_interval / 2):
             self._last_ping = now
             self.send("WATCHDOG=1")
+
+
+def _one_line(text: str) -> str:
+    """A newline would end the STATUS= field and start a bogus one (an error text may hold
+    several lines)."""
+    return " ".join(text.split())

@@ -262,3 +262,45 @@ def with_top_headers(raw: bytes, *lines: str) -> bytes:
     """Header lines put above the others, where an MTA or LDA writes Return-Path and
     Authentication-Results."""
     return "".join(f"{line}\r\n" for line in lines).encode() + raw
+
+
+class Watched:
+    """A `mailcare run` subprocess whose output is read while it runs, so a test can wait for
+    a log line, measure its CPU time, and stop it with any signal."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.process = start_process(config_path, env)
+        self.pid = self.process.pid
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self._lines.append(raw.decode("utf-8", "replace"))
+
+    @property
+    def output(self) -> str:
+        return "".join(list(self._lines))
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        wait_until(lambda: text in self.output or self.process.poll() is not None,
+                   timeout, repr(text))
+        if text not in self.output:
+            self._reader.join(5)
+            assert text in self.output, f"exited ({self.process.returncode}) without {text!r}:" \
+                                        f"\n{self.output[-3000:]}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far, from /proc (no psutil needed)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` (if still running) and wait; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code

@@ -26,7 +26,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "corpus.py"
 NOW = datetime(2025, 3, 14, 10, 0, tzinfo=UTC)
-N = 400
+N = 250
 
 
 def _load() -> ModuleType:
@@ -56,8 +56,22 @@ def parsed(raws: list[bytes]) -> list[EmailMessage]:
     return out
 
 
-def _share(items: list[Any], test: Callable[[Any], bool]) -> float:
+@pytest.fixture(scope="module")
+def texts(parsed: list[EmailMessage]) -> list[str]:
+    """Each message's text/plain body, decoded, with LF line ends."""
+    return [_text(msg) for msg in parsed]
+
+
+def _share(items: list[Any], test: Callable[[Any], object]) -> float:
+    """The fraction of `items` for which `test` is truthy."""
     return sum(1 for item in items if test(item)) / len(items)
+
+
+def _text(msg: EmailMessage) -> str:
+    """The text/plain body with LF line ends."""
+    body = msg.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content()).replace("\r\n", "\n")
 
 
 def _raw_header(raw: bytes, name: str) -> str:
@@ -107,16 +121,15 @@ def test_lines_end_in_crlf_and_stay_short(raws: list[bytes]) -> None:
         assert max(len(line) for line in raw.split(b"\r\n")) <= 998
 
 
-def test_every_message_parses_without_defects(parsed: list[EmailMessage]) -> None:
+def test_every_message_parses_without_defects(parsed: list[EmailMessage], texts: list[str]) -> None:
+    assert all(text.strip() for text in texts)
     for msg in parsed:
         for part in msg.walk():
             assert part.defects == [], (msg["Message-ID"], part.get_content_type(), part.defects)
         assert msg["From"].addresses[0].addr_spec
-        assert msg["To"].addresses[0].addr_spec == "assistenza@examplenet.it"
+        assert msg["To"].addresses[0].addr_spec.lower() == "assistenza@examplenet.it"
         assert msg["Subject"]
         assert msg["Date"].datetime.tzinfo is not None
-        body = msg.get_body(("plain",))
-        assert body is not None and body.get_content().strip()
 
 
 def test_message_ids_are_unique(parsed: list[EmailMessage]) -> None:
@@ -128,10 +141,12 @@ def test_message_ids_are_unique(parsed: list[EmailMessage]) -> None:
 def test_text_in_both_charsets_decodes_to_proper_accents(parsed: list[EmailMessage]) -> None:
     """ISO-8859-1 and UTF-8 bodies both carry Italian accents, and nothing is mojibake."""
     seen: dict[str, int] = {"iso-8859-1": 0, "utf-8": 0}
-    for msg in parsed:
+    for number, msg in enumerate(parsed):
         for part in msg.walk():
             if part.get_content_maintype() != "text":
                 continue
+            if part.get_content_subtype() == "html" and number % 4:
+                continue  # decoding HTML twins is slow; a quarter of them is plenty
             text = part.get_content()
             assert "\ufffd" not in text and "Ã" not in text
             charset = part.get_content_charset()
@@ -165,8 +180,8 @@ def test_multipart_alternative_with_html_and_plain_text(parsed: list[EmailMessag
         return any(part.get_content_type() == "multipart/alternative" for part in msg.walk())
 
     assert 0.5 < _share(parsed, alternative) < 0.95
-    assert 0.05 < _share(parsed, lambda msg: not msg.is_multipart())
-    for msg in filter(alternative, parsed):
+    assert _share(parsed, lambda msg: not msg.is_multipart()) > 0.05
+    for msg in list(filter(alternative, parsed))[::4]:
         html = msg.get_body(("html",))
         assert html is not None and "<" in html.get_content()
 
@@ -191,29 +206,31 @@ def test_attachments_are_small_pdfs_and_pngs(parsed: list[EmailMessage]) -> None
 # --------------------------------------------------------------------------- content
 
 
-def test_replies_answer_earlier_mail(parsed: list[EmailMessage]) -> None:
+def test_replies_answer_earlier_mail(parsed: list[EmailMessage], texts: list[str]) -> None:
     """About a quarter are replies: In-Reply-To names an earlier generated Message-ID, the
     References chain ends with it, the subject carries Re:/R:, the original is quoted."""
     earlier: set[str] = set()
     replies = 0
-    for msg in parsed:
+    for msg, text in zip(parsed, texts, strict=True):
         if msg["In-Reply-To"] and msg["Auto-Submitted"] is None:
             replies += 1
             parent = str(msg["In-Reply-To"])
             assert parent in earlier
             assert str(msg["References"]).split()[-1] == parent
             assert re.match(r"(Re|R|RE): ", str(msg["Subject"]))
-            text = msg.get_body(("plain",)).get_content()
             assert re.search(r"^(Il giorno .+ ha scritto:|On .+ wrote:)$", text, re.M)
             assert re.search(r"^> ", text, re.M)
         earlier.add(str(msg["Message-ID"]))
     assert 0.15 < replies / len(parsed) < 0.35
 
 
-def test_some_replies_quote_a_whole_thread(parsed: list[EmailMessage]) -> None:
-    deep = [msg for msg in parsed if len(str(msg["References"] or "").split()) >= 2]
-    assert deep
-    assert any(re.search(r"^>> ", msg.get_body(("plain",)).get_content(), re.M) for msg in deep)
+def test_some_replies_quote_a_whole_thread(parsed: list[EmailMessage], texts: list[str]) -> None:
+    deep = [
+        text
+        for msg, text in zip(parsed, texts, strict=True)
+        if len(str(msg["References"] or "").split()) >= 2
+    ]
+    assert any(re.search(r"^>> ", text, re.M) for text in deep)
 
 
 def test_auto_replies_say_so(parsed: list[EmailMessage]) -> None:
@@ -235,8 +252,9 @@ def test_many_customers_some_of_them_repeat(parsed: list[EmailMessage]) -> None:
     assert not any(addr.endswith("@examplenet.it") for addr in distinct)
 
 
-def test_italian_and_english_in_and_out_of_scope(parsed: list[EmailMessage]) -> None:
-    texts = [msg.get_body(("plain",)).get_content() for msg in parsed]
+def test_italian_and_english_in_and_out_of_scope(
+    parsed: list[EmailMessage], texts: list[str]
+) -> None:
     italian = _share(texts, lambda t: re.search(r"\b(Buongiorno|Salve|Grazie|grazie)\b", t))
     english = _share(texts, lambda t: re.search(r"\b(Hello|Hi|Thanks|regards)\b", t))
     assert italian > 0.5 and english > 0.1
@@ -270,7 +288,7 @@ def test_direct_serialization_matches_the_stdlib_generator(monkeypatch: Any) -> 
         return raw
 
     monkeypatch.setattr(corpus, "render", render)
-    list(corpus.generate(120, seed=11, now=NOW))
+    list(corpus.generate(80, seed=11, now=NOW))
     assert {"new", "reply", "auto"} <= set(checked)
 
 
@@ -284,11 +302,12 @@ def test_encoded_words_fold_between_words() -> None:
         assert str(msg["Subject"]) == subject
 
 
-def test_thousand_mails_take_little_cpu() -> None:
+def test_generation_is_cheap() -> None:
+    """10,000 mails should take seconds: 500 get a generous CPU budget (about 0.3 s here)."""
     started = time.process_time()
-    total = sum(len(raw) for raw in corpus.generate(1000, seed=5, now=NOW))
-    assert total > 5_000_000
-    assert time.process_time() - started < 6.0, "10,000 mails should take seconds"
+    total = sum(len(raw) for raw in corpus.generate(500, seed=5, now=NOW))
+    assert total > 2_500_000
+    assert time.process_time() - started < 3.0
 
 
 # --------------------------------------------------------------------------- command line
@@ -299,7 +318,7 @@ def test_maildir_output_reads_back_byte_for_byte(tmp_path: Path, capsys: Any) ->
     args = ["30", "--out", str(out), "--seed", "9", "--now", "2025-03-14T11:00:00+01:00"]
     assert corpus.main(args) == 0
     box = mailbox.Maildir(out, factory=None, create=False)
-    stored = sorted(box.get_bytes(key) for key in box.keys())
+    stored = sorted(box.get_bytes(key) for key in box.iterkeys())
     assert stored == sorted(corpus.generate(30, seed=9, now=NOW))
     assert len(list((out / "new").iterdir())) == 30
     assert list((out / "tmp").iterdir()) == []
@@ -316,7 +335,7 @@ def test_mbox_output_reads_back(tmp_path: Path, capsys: Any) -> None:
     assert corpus.main(["25", "--out", str(out), "--format", "mbox", "--now", NOW.isoformat()]) == 0
     expected = list(corpus.generate(25, now=NOW))
     box = mailbox.mbox(out, create=False)
-    messages = [box.get_bytes(key) for key in box.keys()]
+    messages = [box.get_bytes(key) for key in box.iterkeys()]
     box.close()
     assert len(messages) == 25
     for got, raw in zip(messages, expected, strict=True):

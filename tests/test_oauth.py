@@ -106,8 +106,9 @@ def test_invalidate_fetches_a_fresh_token(tmp_path: Path) -> None:
 def test_bare_token_output_uses_the_default_lifetime(tmp_path: Path) -> None:
     helper = Helper(tmp_path, "unit")
     clock = FakeClock()
-    tokens = TokenCommand(helper.command("bare-token", expires_in=None), default_ttl=300,
-                          clock=clock)
+    tokens = TokenCommand(
+        helper.command("bare-token", expires_in=None), default_ttl=300, clock=clock
+    )
     assert tokens() == "bare-token"
     clock.now += 200
     assert tokens() == "bare-token" and helper.runs == 1
@@ -135,10 +136,16 @@ def test_token_source_only_for_xoauth2() -> None:
 
 
 def imap_source(lab: LabImap, token: TokenCommand | None) -> ImapSource:
-    section = ImapSection(host=lab.host, port=lab.port, tls="none", auth="xoauth2",
-                          username=IMAP_USER, timeout=5)
-    return ImapSource(section, password=None, token_command=token, max_message_bytes=10**6,
-                      logger=logging.getLogger("test"))
+    section = ImapSection(
+        host=lab.host, port=lab.port, tls="none", auth="xoauth2", username=IMAP_USER, timeout=5
+    )
+    return ImapSource(
+        section,
+        password=None,
+        token_command=token,
+        max_message_bytes=10**6,
+        logger=logging.getLogger("test"),
+    )
 
 
 def test_imap_xoauth2_login_with_the_command_token(tmp_path: Path, token_imap: LabImap) -> None:
@@ -174,8 +181,9 @@ def test_imap_refused_token_is_not_reused(tmp_path: Path) -> None:
 
 
 def smtp_sender(sink: LabSmtp, token: TokenCommand) -> SmtpSender:
-    section = SmtpSection(host=sink.host, port=sink.port, tls="none", auth="xoauth2",
-                          username=SMTP_USER, timeout=5)
+    section = SmtpSection(
+        host=sink.host, port=sink.port, tls="none", auth="xoauth2", username=SMTP_USER, timeout=5
+    )
     return SmtpSender(section, password=None, token_command=token)
 
 
@@ -201,17 +209,29 @@ async def test_smtp_refused_token_is_not_reused(tmp_path: Path) -> None:
 # -- the daemon end to end -----------------------------------------------------------------
 
 
-def xoauth2_config(tmp_path: Path, lab: LabImap, sink: LabSmtp, imap_command: str,
-                   smtp_command: str) -> Path:
+def xoauth2_config(
+    tmp_path: Path, lab: LabImap, sink: LabSmtp, imap_command: str, smtp_command: str
+) -> Path:
     """The lab config with both protocols on XOAUTH2 and no password anywhere."""
-    path = write_config(tmp_path / "mailcare.toml", imap_host=lab.host, imap_port=lab.port,
-                        user=IMAP_USER, password="", smtp_host=sink.host, smtp_port=sink.port,
-                        state_dir=tmp_path / "state")
+    path = write_config(
+        tmp_path / "mailcare.toml",
+        imap_host=lab.host,
+        imap_port=lab.port,
+        user=IMAP_USER,
+        password="",
+        smtp_host=sink.host,
+        smtp_port=sink.port,
+        state_dir=tmp_path / "state",
+    )
     text = path.read_text(encoding="utf-8").replace('password = ""\n', "")
-    text = text.replace("idle = true\n", f'auth = "xoauth2"\noauth2_token_command = '
-                        f'"{imap_command}"\nidle = true\n')
-    text = text.replace("retry_base = 0.2\n", f'auth = "xoauth2"\nusername = "{SMTP_USER}"\n'
-                        f'oauth2_token_command = "{smtp_command}"\nretry_base = 0.2\n')
+    text = text.replace(
+        "idle = true\n", f'auth = "xoauth2"\noauth2_token_command = "{imap_command}"\nidle = true\n'
+    )
+    text = text.replace(
+        "retry_base = 0.2\n",
+        f'auth = "xoauth2"\nusername = "{SMTP_USER}"\n'
+        f'oauth2_token_command = "{smtp_command}"\nretry_base = 0.2\n',
+    )
     path.write_text(text, encoding="utf-8")
     settings = config_mod.load(path)
     assert settings.imap.auth == settings.smtp.auth == "xoauth2"
@@ -220,16 +240,24 @@ def xoauth2_config(tmp_path: Path, lab: LabImap, sink: LabSmtp, imap_command: st
 
 
 def test_daemon_runs_on_xoauth2_and_reconnects_with_the_cached_token(
-        tmp_path: Path, token_imap: LabImap) -> None:
+    tmp_path: Path, token_imap: LabImap
+) -> None:
     imap_helper, smtp_helper = Helper(tmp_path, "imap"), Helper(tmp_path, "smtp")
     auth = LabAuth(tokens={SMTP_USER: "smtp-ok"})
     with LabSmtp(authenticator=auth) as sink:
-        config = xoauth2_config(tmp_path, token_imap, sink, imap_helper.command("imap-ok"),
-                                smtp_helper.command("smtp-ok"))
+        config = xoauth2_config(
+            tmp_path,
+            token_imap,
+            sink,
+            imap_helper.command("imap-ok"),
+            smtp_helper.command("smtp-ok"),
+        )
         with running_daemon(config) as daemon:
             token_imap.deliver(IMAP_USER, customer_mail(sender="a@example.org"))
-            wait_until(lambda: len(acks_to(sink.received, "a@example.org")) == 1,
-                       what="ack sent over XOAUTH2 SMTP")
+            wait_until(
+                lambda: len(acks_to(sink.received, "a@example.org")) == 1,
+                what="ack sent over XOAUTH2 SMTP",
+            )
             assert token_imap.disconnect_all() >= 1  # the server restarts: mailcare logs in again
             token_imap.deliver(IMAP_USER, customer_mail(sender="b@example.org"))
             wait_until(lambda: daemon.processed == 2, what="second mail after the reconnect")
@@ -242,12 +270,14 @@ def test_daemon_runs_on_xoauth2_and_reconnects_with_the_cached_token(
 def test_check_logs_in_with_xoauth2(tmp_path: Path, token_imap: LabImap) -> None:
     helper = Helper(tmp_path, "check")
     with LabSmtp(authenticator=LabAuth(tokens={SMTP_USER: "smtp-ok"})) as sink:
-        config = xoauth2_config(tmp_path, token_imap, sink, helper.command("imap-ok"),
-                                helper.command("smtp-ok"))
+        config = xoauth2_config(
+            tmp_path, token_imap, sink, helper.command("imap-ok"), helper.command("smtp-ok")
+        )
         result = CliRunner().invoke(main, ["check", "--config", str(config)])
         assert result.exit_code == 0, result.output
-        bad = xoauth2_config(tmp_path, token_imap, sink, helper.command("stale"),
-                             helper.command("smtp-ok"))
+        bad = xoauth2_config(
+            tmp_path, token_imap, sink, helper.command("stale"), helper.command("smtp-ok")
+        )
         result = CliRunner().invoke(main, ["check", "--config", str(bad)])
     assert result.exit_code == 1
     assert "imap:" in result.output and "smtp:" not in result.output.split("problem:", 1)[1]

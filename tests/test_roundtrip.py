@@ -82,7 +82,7 @@ def test_full_round_trip(tmp_path: Path, box: Box, lab_smtp: LabSmtp) -> None:
         owner = notice.rcpt_tos[0]
         assert "Giulia Rossi" in _text(ack.data) or "Marco Bianchi" in _text(ack.data)
         assert "fibra" in _text(notice.data)  # the customer's text reaches the owner
-        assert f"assistenza+1000." in header(notice.data, "Reply-To")
+        assert "assistenza+1000." in header(notice.data, "Reply-To")
 
         # The owner hits Reply in their client: Re:, a quote of the notification, a signature.
         box.deliver(reply_to(notice.data, f"Owner <{owner}>",

@@ -27,13 +27,30 @@ from mailcare.sandbox import LabImap, LabSmtp
 USER, PASSWORD = "support@lab.test", "secret"
 
 
-def shadow_config(tmp_path: Path, host: str, port: int, user: str, sink: LabSmtp,
-                  *, mode: str = "shadow", processed_folder: str = "") -> Path:
-    text = config_text(imap_host=host, imap_port=port, user=user, password=PASSWORD,
-                       smtp_host=sink.host, smtp_port=sink.port, state_dir=tmp_path / "state")
+def shadow_config(
+    tmp_path: Path,
+    host: str,
+    port: int,
+    user: str,
+    sink: LabSmtp,
+    *,
+    mode: str = "shadow",
+    processed_folder: str = "",
+) -> Path:
+    text = config_text(
+        imap_host=host,
+        imap_port=port,
+        user=user,
+        password=PASSWORD,
+        smtp_host=sink.host,
+        smtp_port=sink.port,
+        state_dir=tmp_path / "state",
+    )
     path = tmp_path / "mailcare.toml"
-    path.write_text(with_settings(text, mailcare={"mode": mode},
-                                  imap={"processed_folder": processed_folder}), encoding="utf-8")
+    path.write_text(
+        with_settings(text, mailcare={"mode": mode}, imap={"processed_folder": processed_folder}),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -47,22 +64,30 @@ def marked(flags: dict[int, str]) -> set[int]:
 
 def mails() -> list[bytes]:
     return [
-        customer_mail(sender="anna@example.org", subject="Fibra lenta",
-                      message_id="<s1@lab.test>"),
-        customer_mail(sender="bruno@example.org", subject="No dial tone",
-                      body="Since this morning the phone line has no dial tone.",
-                      message_id="<s2@lab.test>"),
+        customer_mail(sender="anna@example.org", subject="Fibra lenta", message_id="<s1@lab.test>"),
+        customer_mail(
+            sender="bruno@example.org",
+            subject="No dial tone",
+            body="Since this morning the phone line has no dial tone.",
+            message_id="<s2@lab.test>",
+        ),
         # an out-of-office: recorded, never answered, shadow or not
-        customer_mail(sender="carla@example.org", subject="Out of office",
-                      body="I am away until Monday.", message_id="<s3@lab.test>",
-                      Auto_Submitted="auto-replied"),
+        customer_mail(
+            sender="carla@example.org",
+            subject="Out of office",
+            body="I am away until Monday.",
+            message_id="<s3@lab.test>",
+            Auto_Submitted="auto-replied",
+        ),
     ]
 
 
 def test_shadow_records_every_decision_and_sends_nothing(
-        tmp_path: Path, lab_imap: LabImap, lab_smtp: LabSmtp) -> None:
-    config = shadow_config(tmp_path, lab_imap.host, lab_imap.port, USER, lab_smtp,
-                           processed_folder="Processed")
+    tmp_path: Path, lab_imap: LabImap, lab_smtp: LabSmtp
+) -> None:
+    config = shadow_config(
+        tmp_path, lab_imap.host, lab_imap.port, USER, lab_smtp, processed_folder="Processed"
+    )
     delivered = mails()
     with running_daemon(config) as daemon:
         for raw in delivered:
@@ -111,8 +136,9 @@ def test_shadow_records_every_decision_and_sends_nothing(
 
 
 @pytest.mark.dovecot
-def test_shadow_changes_no_flag_on_dovecot(tmp_path: Path, dovecot: Any, dovecot_user: str,
-                                           lab_smtp: LabSmtp) -> None:
+def test_shadow_changes_no_flag_on_dovecot(
+    tmp_path: Path, dovecot: Any, dovecot_user: str, lab_smtp: LabSmtp
+) -> None:
     """Dovecot keeps keywords (pymap drops them): shadow mode must not set one, nor \\Seen."""
     for raw in mails()[:2]:
         dovecot.deliver(dovecot_user, raw)
@@ -122,19 +148,18 @@ def test_shadow_changes_no_flag_on_dovecot(tmp_path: Path, dovecot: Any, dovecot
         wait_until(lambda: daemon.processed == 2, what="two mails processed")
         time.sleep(1.0)
     assert dovecot.flags(dovecot_user) == before
-    assert not any("$MailcareProcessed" in flags or "\\Seen" in flags
-                   for flags in before.values())
+    assert not any("$MailcareProcessed" in flags or "\\Seen" in flags for flags in before.values())
     assert lab_smtp.received == []
     assert dovecot.status(dovecot_user)["messages"] == 2
 
     # The same check would notice marking: live mode sets the keyword on new mail only.
-    live = shadow_config(tmp_path, dovecot.host, dovecot.port, dovecot_user, lab_smtp,
-                         mode="live")
+    live = shadow_config(tmp_path, dovecot.host, dovecot.port, dovecot_user, lab_smtp, mode="live")
     with running_daemon(live) as daemon:
         dovecot.deliver(dovecot_user, customer_mail(sender="dario@example.org"))
         wait_until(lambda: daemon.processed == 1, what="the new mail processed")
-        wait_until(lambda: len(marked(dovecot.flags(dovecot_user))) == 1,
-                   what="keyword on the live mail")
+        wait_until(
+            lambda: len(marked(dovecot.flags(dovecot_user))) == 1, what="keyword on the live mail"
+        )
     after = dovecot.flags(dovecot_user)
     # Live mode SELECTs read-write, which ends \Recent; what shadow mode recorded stays
     # unmarked, as the progress mark says those mails were handled.
@@ -143,8 +168,8 @@ def test_shadow_changes_no_flag_on_dovecot(tmp_path: Path, dovecot: Any, dovecot
 
 
 def test_shadow_decisions_are_logged_like_live_ones(
-        tmp_path: Path, lab_imap: LabImap, lab_smtp: LabSmtp,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, lab_imap: LabImap, lab_smtp: LabSmtp, caplog: pytest.LogCaptureFixture
+) -> None:
     """The journal shows what shadow mode would have done, one line per decision."""
     config = shadow_config(tmp_path, lab_imap.host, lab_imap.port, USER, lab_smtp)
     caplog.set_level("INFO", logger="mailcare")

@@ -110,8 +110,9 @@ def test_d04_verify_is_clean(tmp_path: Path) -> None:
     """D04 offline part: systemd-analyze verify has nothing to say about the unit."""
     assert ANALYZE is not None
     copy = unit_for_this_machine(tmp_path)
-    done = subprocess.run([ANALYZE, "verify", str(copy)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr  # warnings (unknown keys…) exit 0 too
 
@@ -121,10 +122,13 @@ def test_d04_verify_would_notice_a_broken_unit(tmp_path: Path) -> None:
     """The verify test above can fail: an unknown key is reported on stderr."""
     assert ANALYZE is not None
     copy = unit_for_this_machine(tmp_path)
-    copy.write_text(copy.read_text(encoding="utf-8").replace(
-        "[Service]\n", "[Service]\nWatchdogSeconds=60\n"), encoding="utf-8")
-    done = subprocess.run([ANALYZE, "verify", str(copy)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    copy.write_text(
+        copy.read_text(encoding="utf-8").replace("[Service]\n", "[Service]\nWatchdogSeconds=60\n"),
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [ANALYZE, "verify", str(copy)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert "WatchdogSeconds" in done.stderr
 
 
@@ -134,8 +138,9 @@ def security_exposure(unit_path: Path, threshold: int | None = None) -> tuple[fl
     args = [ANALYZE, "security", "--offline=true", "--no-pager"]
     if threshold is not None:
         args.append(f"--threshold={threshold}")
-    done = subprocess.run([*args, str(unit_path)], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        [*args, str(unit_path)], capture_output=True, text=True, timeout=60, check=False
+    )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
     assert found, done.stdout + done.stderr
     return float(found.group(1)), done.returncode
@@ -154,8 +159,9 @@ def test_d05_hardening_exposure_at_most_2(tmp_path: Path) -> None:
 def test_d05_a_bare_unit_scores_unsafe(tmp_path: Path) -> None:
     """The score test can fail: the same ExecStart without hardening is far above 2.0."""
     bare = tmp_path / "bare.service"
-    bare.write_text(f"[Service]\nExecStart={Path(sys.executable).parent / 'mailcare'} run\n",
-                    encoding="utf-8")
+    bare.write_text(
+        f"[Service]\nExecStart={Path(sys.executable).parent / 'mailcare'} run\n", encoding="utf-8"
+    )
     exposure, code = security_exposure(bare, threshold=20)
     assert exposure > 5.0
     assert code != 0
