@@ -246,7 +246,7 @@ class ScopeSection(Section):
     examples_dir: Path = Path("classifiers")
     threshold: float = Field(0.75, gt=0, lt=1)
     # "out" and "route" must also beat the summed "in" probability by this much (in wins doubt).
-    margin: float = Field(0.5, ge=0, le=1)
+    margin: float = Field(0.4, ge=0, le=1)
     categories: dict[str, ScopeCategory] = Field(default_factory=dict)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +97,8 @@ class Daemon:
             self._start_outbox()
             try:
                 self._loop(store)
+            except sqlite3.OperationalError as exc:
+                raise _database_failure(store, exc) from exc
             finally:
                 self.notifier.stopping()
                 if self._source is not None:
@@ -146,7 +149,7 @@ class Daemon:
                     continue
                 if self.once:
                     return
-                self._wait(source)
+                self._wait(source, store)
             except ImapAuthError as exc:
                 self._outage("imap_auth_failed", exc)
                 self._sleep(max(backoff.next_delay(), 30.0 if not self.once else 0.5))
@@ -230,11 +233,20 @@ class Daemon:
             self.notifier.watchdog()
             self.stop_event.wait(min(left, 0.5))
 
-    def _wait(self, source: ImapSource) -> None:
+    def _wait(self, source: ImapSource, store: Store) -> None:
         """IDLE in one-second slices (the session stays idling between them, so a slice
-        costs nothing on the wire) so stop and the watchdog stay prompt; or poll."""
+        costs nothing on the wire) so stop, reload and the watchdog stay prompt; return on
+        news, or after poll_interval as a safety net against a lost notification. Without
+        IDLE, poll."""
         if self.settings.imap.idle and "IDLE" in source.capabilities:
-            source.wait(1.0)
+            deadline = time.monotonic() + self.settings.imap.poll_interval
+            while time.monotonic() < deadline:
+                if self.stop_event.is_set() or self.reload_event.is_set():
+                    return
+                self.notifier.watchdog()
+                if source.wait(1.0):
+                    return
+                self._periodic(store)
             return
         self._sleep(self.settings.imap.poll_interval)
         if not self.stop_event.is_set():
@@ -309,6 +321,8 @@ class Daemon:
             with store.db.atomic():
                 plan = pipeline.process(store, self.engine, mail, now=now, folder=folder,
                                         uidvalidity=self._uidvalidity, uid=item.uid)
+        except sqlite3.OperationalError:
+            raise  # the database, not the mail (disk full, I/O): never a reason to quarantine
         except Exception as exc:  # one bad mail must never stop the loop
             attempts = store.record_failure(folder, self._uidvalidity, item.uid, repr(exc))
             log.exception("event=process_failed uid=%d message_id=%s attempt=%d error=%r",
@@ -435,6 +449,17 @@ def _reload_problem(old: Settings, new: Settings, engine: pipeline.Engine) -> st
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return f"templates: {problems[0]}{more}"
     return ""
+
+
+def _database_failure(store: Store, exc: sqlite3.OperationalError) -> StoreError:
+    """The database refused a write past the busy timeout (disk full, I/O error, a lock that
+    never ends). The batch in hand was rolled back and nothing was marked on the server or
+    queued for sending, so exiting loses nothing: systemd starts us again later (C02)."""
+    event = "db_full" if "full" in str(exc) else "db_error"
+    log.error("event=%s path=%s error=%s (batch rolled back, nothing acknowledged; exiting)",
+              event, store.path, exc)
+    return StoreError(f"{store.path}: {exc}; stopped without acknowledging or marking the "
+                      "mail in hand")
 
 
 def _header_block(raw: bytes) -> bytes:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
+import re._constants as re_constants
+import re._parser as re_parser
 import tempfile
 import unicodedata
 from collections import Counter
@@ -46,7 +49,7 @@ MODEL_VERSION = "1"
 
 KINDS = ("in", "out", "route")
 DEFAULT_THRESHOLD = 0.75
-DEFAULT_MARGIN = 0.5
+DEFAULT_MARGIN = 0.4
 # How many model terms a reason names; enough for an agent to see why, short for a log line.
 REASON_TERMS = 3
 
@@ -120,17 +123,43 @@ def _phrase(keyword: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _keywords_pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One pattern per category, so a mail with no hit costs one search, not one per rule."""
-    phrases = [_phrase(keyword) for keyword in keywords if keyword.strip()]
-    return re.compile("|".join(f"(?:{p})" for p in phrases)) if phrases else None
+def _keyword_words(keywords: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each keyword with the folded words its phrase pattern matches literally."""
+    return tuple((kw, tuple(fold(kw).split())) for kw in keywords if kw.strip())
 
 
 def _keyword_hits(keywords: tuple[str, ...], folded: str) -> list[str]:
-    pattern = _keywords_pattern(keywords)
-    if pattern is None or not pattern.search(folded):
-        return []
-    return [kw for kw in keywords if kw.strip() and re.search(_phrase(kw), folded)]
+    """Only keywords whose every word occurs in the text can match, and a substring test
+    costs a fraction of a regex scan (the lookbehind defeats the engine's literal search),
+    so the phrase patterns run only for those."""
+    candidates = [kw for kw, words in _keyword_words(keywords) if all(w in folded for w in words)]
+    return [kw for kw in candidates if re.search(_phrase(kw), folded)]
+
+
+# The only characters that match an ASCII literal under re.IGNORECASE other than its own
+# two cases (dotted and dotless i, long s, Kelvin sign). Text holding one is searched
+# without the literal prefilter.
+_NEEDLE_UNSAFE = ("\u0130", "\u0131", "\u017f", "\u212a")
+
+
+@functools.lru_cache(maxsize=256)
+def _needle(pattern: str) -> str:
+    """The longest run of ASCII literals every match of `pattern` must contain, lower-cased
+    ("" when none is known). An admin's regex searched case-insensitively over a long mail
+    costs about a millisecond, while `needle in text` costs microseconds, so a mail without
+    the needle skips the search. Only top-level literals count: they are in every match."""
+    try:
+        items = list(re_parser.parse(pattern, re.IGNORECASE))
+    except Exception:  # anything unexpected: no prefilter, the regex decides alone
+        return ""
+    best = run = ""
+    for op, arg in items:
+        if op is re_constants.LITERAL and 32 <= arg < 127:
+            run += chr(arg)
+            best = max(best, run, key=len)
+        else:
+            run = ""
+    return best.lower() if len(best) >= 3 else ""
 
 
 def _sender_matches(rule: str, sender: str) -> bool:
@@ -147,10 +176,14 @@ def _category_hits(
     name: str, category: ScopeCategory, folded: str, raw: str, sender: str
 ) -> list[RuleHit]:
     hits = [RuleHit(name, f"keyword '{kw}'") for kw in _keyword_hits(category.keywords, folded)]
+    lowered = ""
+    if category.regex and not any(c in raw or c in folded for c in _NEEDLE_UNSAFE):
+        lowered = f"{raw.lower()}\n{folded}"
     hits += [
         RuleHit(name, f"regex '{rx}'")
         for rx in category.regex
-        if re.search(rx, raw, re.IGNORECASE) or re.search(rx, folded, re.IGNORECASE)
+        if (not lowered or _needle(rx) in lowered)
+        and (re.search(rx, raw, re.IGNORECASE) or re.search(rx, folded, re.IGNORECASE))
     ]
     hits += [
         RuleHit(name, f"sender '{rule}'")
@@ -266,7 +299,7 @@ def fit_calibrated(matrix: Any, labels: Sequence[str]) -> Calibrated:
     if thin:
         raise ValueError(f"categories with fewer than 2 examples: {', '.join(thin)}")
     folds = StratifiedKFold(n_splits=min(5, *counts.values()), shuffle=True, random_state=0)
-    svm = LinearSVC(C=0.5, class_weight="balanced")
+    svm = LinearSVC(C=0.5, class_weight="balanced", random_state=0)
     held_out = cross_val_predict(svm, matrix, labels, cv=folds, method="decision_function")
     scores = _scores_2d(held_out)
     svm.fit(matrix, labels)
@@ -323,6 +356,85 @@ def fit(examples: Sequence[Example], kinds: Mapping[str, str]) -> Fitted:
 Vector = tuple[np.ndarray, np.ndarray]
 
 
+# Words whose n-gram columns a `_CharGrams` keeps: enough for the vocabulary of a support
+# inbox (about 5 MB), small enough that odd tokens (hashes, log noise) cannot grow it.
+WORD_CACHE = 1 << 14
+GRAMS = {(1, 1), (1, 2)}  # word n-gram ranges `_WordGrams` counts
+
+
+class _CharGrams:
+    """Column counts of a fitted `char_wb` vectorizer, equal to counting its analyzer's output.
+
+    scikit-learn makes every n-gram of every word occurrence a new string, about fifteen
+    per word, which was most of a new case's CPU time. An n-gram never crosses a word, so
+    the columns of one word's n-grams are found once (mails repeat their words, and share
+    most of them) and each occurrence only adds its count."""
+
+    def __init__(self, vocabulary: dict[str, int], ngram_range: tuple[int, int]) -> None:
+        self.vocabulary = vocabulary
+        self.low, self.high = ngram_range
+        self.columns = functools.lru_cache(maxsize=WORD_CACHE)(self._columns)
+
+    def _columns(self, word: str) -> tuple[int, ...]:
+        """The vocabulary columns of ` word `'s n-grams, repeats included, in the analyzer's
+        order (by length, then offset; a word no longer than n gives one n-gram, the last)."""
+        padded = f" {word} "
+        found: list[int] = []
+        for n in range(self.low, self.high + 1):
+            last = max(len(padded) - n, 0)
+            for start in range(last + 1):
+                column = self.vocabulary.get(padded[start : start + n])
+                if column is not None:
+                    found.append(column)
+            if last == 0:
+                break
+        return tuple(found)
+
+    def __call__(self, normalized: str) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for word, times in Counter(normalized.split()).items():
+            for column in self.columns(word):
+                counts[column] = counts.get(column, 0) + times
+        return counts
+
+
+class _WordGrams:
+    """Column counts of a fitted `word` vectorizer with 1- or 1-2-grams: bigrams are
+    counted as pairs and joined into strings once per distinct pair."""
+
+    def __init__(self, vocabulary: dict[str, int], token_pattern: str, bigrams: bool) -> None:
+        self.vocabulary = vocabulary
+        self.tokens = re.compile(token_pattern).findall
+        self.bigrams = bigrams
+
+    def __call__(self, normalized: str) -> dict[int, int]:
+        tokens: list[str] = self.tokens(normalized)
+        counts: dict[int, int] = {}
+        for token, times in Counter(tokens).items():
+            if (column := self.vocabulary.get(token)) is not None:
+                counts[column] = times
+        if self.bigrams:
+            for (first, second), times in Counter(itertools.pairwise(tokens)).items():
+                if (column := self.vocabulary.get(f"{first} {second}")) is not None:
+                    counts[column] = times
+        return counts
+
+
+def _fast_counts(
+    vectorizer: Any, vocabulary: dict[str, int]
+) -> Callable[[str], dict[int, int]] | None:
+    """The counting shortcut for a vectorizer built by `build_features`; None for any other
+    (it then goes through scikit-learn's own analyzer)."""
+    if vectorizer.preprocessor is not normalize or vectorizer.input != "content":
+        return None
+    if vectorizer.analyzer == "char_wb":
+        return _CharGrams(vocabulary, tuple(vectorizer.ngram_range))
+    plain = vectorizer.tokenizer is None and vectorizer.stop_words is None
+    if vectorizer.analyzer == "word" and plain and tuple(vectorizer.ngram_range) in GRAMS:
+        return _WordGrams(vocabulary, vectorizer.token_pattern, vectorizer.ngram_range[1] == 2)
+    return None
+
+
 @dataclass
 class _Block:
     """One fitted TfidfVectorizer: its analyzer and the columns it owns in the union."""
@@ -331,19 +443,22 @@ class _Block:
     vocabulary: dict[str, int]
     idf: np.ndarray
     offset: int
+    # Column -> term count straight from `normalize(doc)`, when the analyzer is one we know.
+    count: Callable[[str], dict[int, int]] | None = None
 
-    def encode(self, doc: str) -> Vector:
-        found: list[int] = []
-        tf: list[int] = []
-        for token, count in Counter(self.analyze(doc)).items():
-            column = self.vocabulary.get(token)
-            if column is not None:
-                found.append(column)
-                tf.append(count)
-        if not found:
+    def encode(self, doc: str, normalized: str | None = None) -> Vector:
+        if self.count is not None and normalized is not None:
+            counts = self.count(normalized)
+        else:
+            counts = {}
+            for token, times in Counter(self.analyze(doc)).items():
+                if (column := self.vocabulary.get(token)) is not None:
+                    counts[column] = times
+        if not counts:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
-        index = np.array(found, dtype=np.intp)
-        values = (1.0 + np.log(np.array(tf, dtype=float))) * self.idf[index]  # sublinear tf
+        index = np.fromiter(counts, dtype=np.intp, count=len(counts))
+        tf = np.fromiter(counts.values(), dtype=float, count=len(counts))
+        values = (1.0 + np.log(tf)) * self.idf[index]  # sublinear tf
         return index + self.offset, values / np.linalg.norm(values)
 
 
@@ -380,7 +495,8 @@ class _Predictor:
         for _, vectorizer in fitted.features.transformer_list:
             vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
             idf = np.asarray(vectorizer.idf_)
-            self.blocks.append(_Block(vectorizer.build_analyzer(), vocabulary, idf, offset))
+            count = _fast_counts(vectorizer, vocabulary)
+            self.blocks.append(_Block(vectorizer.build_analyzer(), vocabulary, idf, offset, count))
             offset += len(idf)
         self.by_category = _Linear.of(fitted.by_category)
         self.by_kind = _Linear.of(fitted.by_kind) if fitted.by_kind is not None else None
@@ -389,7 +505,8 @@ class _Predictor:
         self.words = [str(w) for w in words.get_feature_names_out()]
 
     def encode(self, doc: str) -> Vector:
-        parts = [block.encode(doc) for block in self.blocks]
+        normalized = normalize(doc)  # once for every block, not once per analyzer
+        parts = [block.encode(doc, normalized) for block in self.blocks]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -434,6 +551,10 @@ class ScopeModel:
         if self._predictor is None:
             self._predictor = _Predictor(self.fitted)
         return self._predictor
+
+    def warm_up(self) -> None:
+        """Build the prediction tables now (the daemon does this at start, not on a mail)."""
+        _ = self.predictor
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Per-category probabilities, columns in `classes` order."""
@@ -664,19 +785,14 @@ def load_or_train(section: ScopeSection, cache_dir: Path) -> ScopeModel:
     fitted = _read_cache(path)
     if fitted is not None:
         kinds = kind_map_for(examples, categories, None)
-        return ScopeModel(
-            fitted,
-            kinds,
-            categories,
-            section.threshold,
-            section.margin,
-            examples=len(examples),
-            origin="cache",
+        model = ScopeModel(fitted, kinds, categories, section.threshold, section.margin)
+        model.examples, model.origin = len(examples), "cache"
+    else:
+        model = ScopeModel.train(
+            examples, categories, threshold=section.threshold, margin=section.margin
         )
-    model = ScopeModel.train(
-        examples, categories, threshold=section.threshold, margin=section.margin
-    )
-    _write_cache(path, model.fitted)
+        _write_cache(path, model.fitted)
+    model.warm_up()
     return model
 
 

@@ -243,8 +243,12 @@ class Store:
         self.db.close()
 
     def check(self) -> str:
-        """`PRAGMA quick_check`: "ok" or the first problem."""
-        row = self.db.execute("PRAGMA quick_check").fetchone()
+        """`PRAGMA quick_check`: "ok" or the first problem. A page too damaged to check
+        makes SQLite raise instead of answering; that is a problem to report too (C05)."""
+        try:
+            row = self.db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
         return str(row[0])
 
     @contextmanager

@@ -19,6 +19,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ import mailcare.pipeline
 from mailcare import config as config_mod
 from mailcare.daemon import Daemon
 from mailcare.sandbox import DROP, LabImap, LabSmtp, Received
+from mailcare.systemd import Notifier
 
 USER = "support@lab.test"
 
@@ -110,9 +113,9 @@ def late_port(host: str, port: int) -> Iterator[LatePort]:
 
 
 @contextlib.contextmanager
-def daemon_thread(config_path: Path) -> Iterator[Daemon]:
+def daemon_thread(config_path: Path, notifier: Notifier | None = None) -> Iterator[Daemon]:
     """The daemon in a thread, without waiting for READY (for servers that are not up)."""
-    daemon = Daemon(config_mod.load(config_path), config_path=config_path)
+    daemon = Daemon(config_mod.load(config_path), config_path=config_path, notifier=notifier)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     try:
@@ -125,8 +128,10 @@ def daemon_thread(config_path: Path) -> Iterator[Daemon]:
 
 def one_case_one_ack(rig: Rig, sender: str) -> None:
     assert rig.count("SELECT COUNT(*) FROM cases WHERE customer = ?", sender) == 1
-    assert rig.count("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND sender = ?",
-                     sender) == 1
+    assert (
+        rig.count("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND sender = ?", sender)
+        == 1
+    )
     assert len(acks_to(rig.sink.received, sender)) == 1
 
 
@@ -135,7 +140,8 @@ def one_case_one_ack(rig: Rig, sender: str) -> None:
 
 @pytest.mark.dovecot
 def test_i01_uidvalidity_change_neither_acks_nor_duplicates(
-        dove: Rig, info_log: pytest.LogCaptureFixture) -> None:
+    dove: Rig, info_log: pytest.LogCaptureFixture
+) -> None:
     senders = [f"i01-{n}@example.org" for n in range(20)]
     for n, sender in enumerate(senders):
         dove.deliver(customer_mail(sender=sender, subject=f"Guasto {n}"))
@@ -155,11 +161,15 @@ def test_i01_uidvalidity_change_neither_acks_nor_duplicates(
     assert dove.rows("SELECT uidvalidity FROM folders") == [(12345,)]
 
 
-def test_i02_connection_cut_mid_fetch(rig: Rig, fault_proxy: Callable[..., Any],
-                                      info_log: pytest.LogCaptureFixture) -> None:
+def test_i02_connection_cut_mid_fetch(
+    rig: Rig, fault_proxy: Callable[..., Any], info_log: pytest.LogCaptureFixture
+) -> None:
     proxy = fault_proxy(rig.imap.host, rig.imap.port)
-    big = customer_mail(sender="i02@example.org", subject="Foto del modem",
-                        body="Allego le foto.\n" + ("0123456789abcdef" * 4 + "\n") * 46_000)
+    big = customer_mail(
+        sender="i02@example.org",
+        subject="Foto del modem",
+        body="Allego le foto.\n" + ("0123456789abcdef" * 4 + "\n") * 46_000,
+    )
     assert len(big) > 3_000_000
     with running_daemon(rig.config(imap_port=proxy.port)) as daemon:
         proxy.cut(200_000)  # the next 200 KB from the server, then both sides close
@@ -175,7 +185,8 @@ def test_i02_connection_cut_mid_fetch(rig: Rig, fault_proxy: Callable[..., Any],
 
 @pytest.mark.dovecot
 def test_i03_bye_during_idle_reconnects_without_spinning(
-        dove: Rig, fault_proxy: Callable[..., Any]) -> None:
+    dove: Rig, fault_proxy: Callable[..., Any]
+) -> None:
     """`doveadm kick` sends BYE to the idling daemon; while the server then does not answer
     (the proxy stalls every new connection) the daemon must sleep, not spin."""
     proxy = fault_proxy("127.0.0.1", dove.imap.port)
@@ -187,7 +198,7 @@ def test_i03_bye_during_idle_reconnects_without_spinning(
         proxy.stall()
         dove.imap.kick(dove.user)
         before, started = run.cpu_seconds(), time.monotonic()
-        time.sleep(4.0)
+        time.sleep(3.0)
         busy = (run.cpu_seconds() - before) / (time.monotonic() - started)
         assert busy < 0.05, f"{busy:.0%} CPU while the server is away"
         proxy.passthrough()
@@ -199,15 +210,17 @@ def test_i03_bye_during_idle_reconnects_without_spinning(
     assert run.output.count("event=imap_unavailable") == 1  # one line per outage
 
 
-def test_i04_silent_stall_is_detected(rig: Rig, fault_proxy: Callable[..., Any],
-                                      info_log: pytest.LogCaptureFixture) -> None:
+def test_i04_silent_stall_is_detected(
+    rig: Rig, fault_proxy: Callable[..., Any], info_log: pytest.LogCaptureFixture
+) -> None:
     proxy = fault_proxy(rig.imap.host, rig.imap.port)
     config = rig.config(imap_port=proxy.port, imap={"timeout": 1.5, "reconnect_max": 1.0})
     with running_daemon(config) as daemon:
         proxy.stall()
         rig.deliver(customer_mail(sender="i04@example.org"))
-        wait_until(lambda: bool(lines_with(info_log, "event=imap_unavailable")), 10,
-                   "stall detected")
+        wait_until(
+            lambda: bool(lines_with(info_log, "event=imap_unavailable")), 10, "stall detected"
+        )
         proxy.passthrough()
         rig.settle(daemon, 1)
         assert daemon.processed == 1
@@ -215,28 +228,29 @@ def test_i04_silent_stall_is_detected(rig: Rig, fault_proxy: Callable[..., Any],
     one_case_one_ack(rig, "i04@example.org")
 
 
-def test_i06_server_down_at_start(rig: Rig, tmp_path: Path) -> None:
+def test_i06_server_down_at_start(
+    rig: Rig, tmp_path: Path, info_log: pytest.LogCaptureFixture
+) -> None:
     """No READY=1 while IMAP is unreachable, one log line, no crash; then it works."""
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(0.2)
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify")})
     with notify, late_port(rig.imap.host, rig.imap.port) as late:
-        run = Watched(rig.config(imap_port=late.port, imap={"reconnect_max": 1.0}),
-                      env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
-        try:
-            run.wait_for("event=imap_unavailable")
+        config = rig.config(imap_port=late.port, imap={"reconnect_max": 1.0})
+        with daemon_thread(config, notifier) as daemon:
+            wait_until(lambda: bool(lines_with(info_log, "event=imap_unavailable")))
             rig.deliver(customer_mail(sender="i06@example.org"))
-            time.sleep(3)
-            assert run.process.poll() is None
-            assert b"READY=1" not in drain(notify)
-            assert run.output.count("event=imap_unavailable") == 1
+            time.sleep(2.5)  # a few reconnect attempts
+            assert not daemon.ready and b"READY=1" not in drain(notify)
             late.open()
-            run.wait_for("event=ready")
-            wait_until(lambda: bool(acks_to(rig.sink.received, "i06@example.org")))
+            wait_until(lambda: daemon.ready, what="READY once the server is up")
+            rig.settle(daemon, 1)
             assert b"READY=1" in drain(notify)
-        finally:
-            assert run.stop() == 0, run.output[-3000:]
-    assert "ConnectionRefused" in run.output or "Connection refused" in run.output
+    unavailable = lines_with(info_log, "event=imap_unavailable")
+    assert len(unavailable) == 1 and "Connection refused" in unavailable[0]
+    assert len(lines_with(info_log, "event=imap_recovered")) == 1
+    one_case_one_ack(rig, "i06@example.org")
 
 
 def drain(sock: socket.socket) -> bytes:
@@ -248,18 +262,15 @@ def drain(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.dovecot
-def test_i07_wrong_password(dove: Rig) -> None:
+def test_i07_wrong_password(dove: Rig, info_log: pytest.LogCaptureFixture) -> None:
     password = "Wr0ng-pa55word-i07"
-    run = Watched(dove.config(password=password))
-    try:
-        run.wait_for("event=imap_auth_failed")
+    with daemon_thread(dove.config(password=password)) as daemon:
+        wait_until(lambda: bool(lines_with(info_log, "event=imap_auth_failed")))
         time.sleep(2)
-        assert run.process.poll() is None  # waits; no crash loop
-    finally:
-        assert run.stop() == 0, run.output[-3000:]
-    assert run.output.count("event=imap_auth_failed") == 1
-    assert password not in run.output
-    assert "event=ready" not in run.output
+        assert not daemon.ready
+    assert len(lines_with(info_log, "event=imap_auth_failed")) == 1
+    assert password not in info_log.text
+    assert all(password not in (r.exc_text or "") for r in info_log.records)
     log = (dove.imap.lab / "log" / "dovecot.log").read_text(errors="replace")
     attempts = [line for line in log.splitlines() if dove.user in line and "auth failed" in line]
     assert len(attempts) <= 1, attempts  # no tight retry loop against the server
@@ -267,7 +278,8 @@ def test_i07_wrong_password(dove: Rig) -> None:
 
 @pytest.mark.dovecot
 def test_i08_quarantine_folder_deleted_while_running(
-        dove: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    dove: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     poison = poison_pipeline(monkeypatch, {"i08-a@lab.test", "i08-b@lab.test"})
     config = dove.config(limits={"quarantine_after": 1})
     with running_daemon(config) as daemon:
@@ -307,46 +319,58 @@ def quarantined(rig: Rig) -> int:
 
 
 def test_i10_second_daemon_refuses(rig: Rig) -> None:
-    config = rig.config()
-    first = Watched(config)
-    try:
-        first.wait_for("event=ready")
-        second = Watched(config)
-        second.process.wait(30)  # on its own, no signal
-        assert second.stop() != 0
+    with running_daemon(rig.config()) as daemon:
+        second = Watched(rig.path)  # `mailcare run` with the same config and state folder
+        second.process.wait(30)  # it stops by itself
+        assert second.stop() == 1
         assert "another instance holds" in second.output
         assert len(second.output.strip().splitlines()) == 1  # one line, no traceback
         rig.deliver(customer_mail(sender="i10@example.org"))
-        wait_until(lambda: bool(acks_to(rig.sink.received, "i10@example.org")))
-    finally:
-        assert first.stop() == 0, first.output[-3000:]
+        rig.settle(daemon, 1)  # the first one carries on
+    one_case_one_ack(rig, "i10@example.org")
 
 
 def test_i12_backlog_in_uid_order_with_caps(rig: Rig) -> None:
+    """2,000 mails waiting at start: READY first, then all of them in UID order in batches,
+    and no sender gets more acks than the cap however many of its mails wait."""
     senders = [f"i12-{n}@example.org" for n in range(100)]
     total = 2000
     for n in range(total):
-        rig.deliver(customer_mail(sender=senders[n % len(senders)], subject=f"Richiesta {n}",
-                                  message_id=f"<i12-{n:04d}@lab.test>"))
+        rig.deliver(plain_mail(senders[n % len(senders)], f"Richiesta {n}", f"i12-{n:04d}"))
     config = rig.config(limits={"per_sender_max": 3}, imap={"batch_size": 200})
+    # Agents away: no owner notifications, so the test times intake, not 2,000 renderings.
+    config.write_text(config.read_text().replace("[[agents]]\n", "[[agents]]\naway = true\n"))
     with running_daemon(config) as daemon:
         assert daemon.processed < total  # READY before the backlog is done
         rig.settle(daemon, total, timeout=120)
-    order = [row[0] for row in rig.rows(
-        "SELECT message_id FROM messages WHERE direction = 'in' ORDER BY id")]
-    assert order == [f"i12-{n:04d}@lab.test" for n in range(total)]
-    uids = [row[0] for row in rig.rows(
-        "SELECT uid FROM messages WHERE direction = 'in' ORDER BY id")]
+    order = rig.rows("SELECT message_id, uid FROM messages WHERE direction = 'in' ORDER BY id")
+    assert [mid for mid, _ in order] == [f"i12-{n:04d}@lab.test" for n in range(total)]
+    uids = [uid for _, uid in order]
     assert uids == sorted(uids)
     for sender in senders:
         assert len(acks_to(rig.sink.received, sender)) == 3
+    assert len(rig.sink.received) == 3 * len(senders)
+
+
+def plain_mail(sender: str, subject: str, key: str) -> bytes:
+    """A minimal customer mail, built by formatting (the email package needs ~5 ms a mail)."""
+    return (
+        f"From: Cliente <{sender}>\r\nTo: assistenza@examplenet.it\r\n"
+        f"Subject: {subject}\r\nDate: {format_datetime(datetime.now(UTC))}\r\n"
+        f"Message-ID: <{key}@lab.test>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"\r\nLa linea non funziona da stamattina.\r\n"
+    ).encode()
 
 
 # -- SMTP ---------------------------------------------------------------------------------
 
 
-def ack_fault(customer: str, answers: list[str | None], seen: list[Received],
-              then: Callable[[Received], None] | None = None) -> Callable[[Received], Any]:
+def ack_fault(
+    customer: str,
+    answers: list[str | None],
+    seen: list[Received],
+    then: Callable[[Received], None] | None = None,
+) -> Callable[[Received], Any]:
     """A sink DATA hook: the ack to `customer` gets `answers` in turn (None = 250), then 250."""
 
     def fault(message: Received) -> str | None:
@@ -372,7 +396,8 @@ def test_o01_temporary_failures_then_one_delivery(rig: Rig) -> None:
     assert len({header(m.data, "Message-ID") for m in seen}) == 1
     assert len(acks_to(rig.sink.received, customer)) == 1
     status, attempts, error = rig.rows(
-        "SELECT status, attempts, last_error FROM outbox WHERE kind = 'ack'")[0]
+        "SELECT status, attempts, last_error FROM outbox WHERE kind = 'ack'"
+    )[0]
     assert (status, attempts) == ("sent", 4) and "451" in error
     assert rig.rows("SELECT state FROM cases") == [("new",)]  # the case is unaffected
 
@@ -403,22 +428,40 @@ def test_o03_partial_refusal_is_recorded_per_address(rig: Rig) -> None:
         rig.settle(daemon, 1)
         store = rig_store(rig)
         with store.batch():
-            store.apply(Plan(case=1000, outgoing=[Outbound(
-                case=1000, kind="relay", message_id="o03-relay@examplenet.it",
-                envelope_from="assistenza@examplenet.it", to=to, automatic=False,
-                data=customer_mail(sender="assistenza@examplenet.it", subject="Risposta",
-                                   message_id="<o03-relay@examplenet.it>"),
-                text="Risposta")]), now=time.time())
+            store.apply(
+                Plan(
+                    case=1000,
+                    outgoing=[
+                        Outbound(
+                            case=1000,
+                            kind="relay",
+                            message_id="o03-relay@examplenet.it",
+                            envelope_from="assistenza@examplenet.it",
+                            to=to,
+                            automatic=False,
+                            data=customer_mail(
+                                sender="assistenza@examplenet.it",
+                                subject="Risposta",
+                                message_id="<o03-relay@examplenet.it>",
+                            ),
+                            text="Risposta",
+                        )
+                    ],
+                ),
+                now=time.time(),
+            )
         store.close()
         assert daemon.outbox is not None
         daemon.outbox.wake()
         wait_until(lambda: rig.pending() == 0, 20, "relay sent")
         time.sleep(1.5)
-    copies = [r for r in rig.sink.received if header(r.data, "Message-ID") ==
-              "<o03-relay@examplenet.it>"]
+    copies = [
+        r for r in rig.sink.received if header(r.data, "Message-ID") == "<o03-relay@examplenet.it>"
+    ]
     assert len(copies) == 1 and set(copies[0].rcpt_tos) == {to[0], to[2]}
     status, attempts, refused = rig.rows(
-        "SELECT status, attempts, refused FROM outbox WHERE kind = 'relay'")[0]
+        "SELECT status, attempts, refused FROM outbox WHERE kind = 'relay'"
+    )[0]
     assert (status, attempts) == ("sent", 1)
     assert "perm-gone@example.org" in refused and "550" in refused
     sent = [e for e in rig.events("sent:relay")]
@@ -433,15 +476,15 @@ def rig_store(rig: Rig) -> Any:
 
 def test_o04_sink_down_then_up(rig: Rig, info_log: pytest.LogCaptureFixture) -> None:
     senders = [f"o04-{n}@example.org" for n in range(3)]
-    with late_port(rig.sink.host, rig.sink.port) as late:
-        with running_daemon(rig.config(smtp_port=late.port)) as daemon:
-            for sender in senders:
-                rig.deliver(customer_mail(sender=sender))
-            wait_until(lambda: daemon.processed == 3, what="intake goes on")
-            time.sleep(1.5)
-            assert rig.pending() == 6 and rig.sink.received == []
-            late.open()
-            rig.settle(daemon, 3)
+    late = LatePort(rig.sink.host, rig.sink.port)
+    with contextlib.closing(late), running_daemon(rig.config(smtp_port=late.port)) as daemon:
+        for sender in senders:
+            rig.deliver(customer_mail(sender=sender))
+        wait_until(lambda: daemon.processed == 3, what="intake goes on")
+        time.sleep(1.5)
+        assert rig.pending() == 6 and rig.sink.received == []
+        late.open()
+        rig.settle(daemon, 3)
     for sender in senders:
         one_case_one_ack(rig, sender)
     assert len(rig.sink.received) == 6
@@ -468,8 +511,11 @@ def test_o06_crash_after_the_servers_250(rig: Rig) -> None:
         wait_until(lambda: runs[-1].process.poll() is not None, 20, "the crash")
         assert runs[-1].stop() == -signal.SIGKILL
         runs.append(Watched(config))
-        wait_until(lambda: rig.count("SELECT COUNT(*) FROM outbox") > 0 and rig.pending() == 0,
-                   20, "the resend")
+        wait_until(
+            lambda: rig.count("SELECT COUNT(*) FROM outbox") > 0 and rig.pending() == 0,
+            20,
+            "the resend",
+        )
     finally:
         assert runs[-1].stop() == 0, runs[-1].output[-3000:]
     acks = acks_to(rig.sink.received, customer)
@@ -496,8 +542,10 @@ def test_o07_disconnect_after_data(rig: Rig) -> None:
 
 
 def nested(depth: int) -> bytes:
-    head = ("From: Cliente <m06@example.org>\r\nTo: assistenza@examplenet.it\r\n"
-            "Subject: nidificato\r\nMessage-ID: <m06@lab.test>\r\nMIME-Version: 1.0\r\n")
+    head = (
+        "From: Cliente <m06@example.org>\r\nTo: assistenza@examplenet.it\r\n"
+        "Subject: nidificato\r\nMessage-ID: <m06@lab.test>\r\nMIME-Version: 1.0\r\n"
+    )
     parts = [head]
     for level in range(depth):
         parts.append(f'Content-Type: multipart/mixed; boundary="b{level}"\r\n\r\n--b{level}\r\n')
@@ -507,28 +555,34 @@ def nested(depth: int) -> bytes:
 
 
 def many_parts(count: int) -> bytes:
-    head = ("From: Cliente <m07@example.org>\r\nTo: assistenza@examplenet.it\r\n"
-            "Subject: tante parti\r\nMessage-ID: <m07@lab.test>\r\nMIME-Version: 1.0\r\n"
-            'Content-Type: multipart/mixed; boundary="p"\r\n\r\n')
+    head = (
+        "From: Cliente <m07@example.org>\r\nTo: assistenza@examplenet.it\r\n"
+        "Subject: tante parti\r\nMessage-ID: <m07@lab.test>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="p"\r\n\r\n'
+    )
     part = "--p\r\nContent-Type: text/plain\r\n\r\nx\r\n"
     return (head + part * count + "--p--\r\n").encode()
 
 
 def paren_from(count: int) -> bytes:
-    return ("From: " + "(" * count + "m08@example.org\r\nTo: assistenza@examplenet.it\r\n"
-            "Subject: parentesi\r\nMessage-ID: <m08@lab.test>\r\n\r\nciao\r\n").encode()
+    return (
+        "From: " + "(" * count + "m08@example.org\r\nTo: assistenza@examplenet.it\r\n"
+        "Subject: parentesi\r\nMessage-ID: <m08@lab.test>\r\n\r\nciao\r\n"
+    ).encode()
 
 
-def hostile_then_normal(rig: Rig, hostile: bytes, message_id: str,
-                        **tables: dict[str, Any]) -> tuple[Daemon, float]:
+def hostile_then_normal(
+    rig: Rig, hostile: bytes, message_id: str, **tables: dict[str, Any]
+) -> tuple[Daemon, float]:
     """Deliver the hostile mail and a normal one after it; the normal one must be answered.
     Returns the daemon and the seconds the pair took."""
     with running_daemon(rig.config(**tables)) as daemon:
         started = time.monotonic()
         rig.deliver(hostile)
         rig.deliver(customer_mail(sender="next@example.org"))
-        wait_until(lambda: bool(acks_to(rig.sink.received, "next@example.org")), 60,
-                   "the next mail's ack")
+        wait_until(
+            lambda: bool(acks_to(rig.sink.received, "next@example.org")), 60, "the next mail's ack"
+        )
         took = time.monotonic() - started
         rig.settle(daemon, 1)
     one_case_one_ack(rig, "next@example.org")
@@ -537,14 +591,17 @@ def hostile_then_normal(rig: Rig, hostile: bytes, message_id: str,
     return daemon, took
 
 
-def test_m06_deep_mime_nesting(rig: Rig) -> None:
-    hostile_then_normal(rig, nested(1000), "m06@lab.test")
+@pytest.mark.dovecot
+def test_m06_deep_mime_nesting(dove: Rig) -> None:
+    # On Dovecot: pymap itself hits Python's recursion limit when this mail is appended.
+    hostile_then_normal(dove, nested(1000), "m06@lab.test")
 
 
-def test_m07_fifty_thousand_parts(rig: Rig) -> None:
-    raw = many_parts(50_000)
-    assert len(raw) > 2_000_000
-    _, took = hostile_then_normal(rig, raw, "m07@lab.test")
+@pytest.mark.dovecot
+def test_m07_fifty_thousand_parts(dove: Rig) -> None:
+    raw = many_parts(50_000)  # on Dovecot: pymap parses this on append for seconds
+    assert len(raw) > 1_500_000
+    _, took = hostile_then_normal(dove, raw, "m07@lab.test")
     assert took < 15  # a pre-parse limit, not 19 s of parsing
 
 
@@ -553,8 +610,12 @@ def test_m08_three_thousand_parens_in_from(rig: Rig) -> None:
 
 
 def test_m10_message_over_the_size_limit(rig: Rig) -> None:
-    raw = customer_mail(sender="m10@example.org", subject="Allegato enorme",
-                        message_id="<m10@lab.test>", body="x" * 300_000)
+    raw = customer_mail(
+        sender="m10@example.org",
+        subject="Allegato enorme",
+        message_id="<m10@lab.test>",
+        body="x" * 300_000,
+    )
     hostile_then_normal(rig, raw, "m10@lab.test", limits={"max_message_bytes": 100_000})
     stored = rig.rows("SELECT raw, case_number FROM messages WHERE message_id = 'm10@lab.test'")
     assert len(stored[0][0]) < 100_000  # the headers, not the 300 KB body
@@ -563,7 +624,8 @@ def test_m10_message_over_the_size_limit(rig: Rig) -> None:
 
 
 def test_poison_message_is_quarantined_and_the_loop_goes_on(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch, info_log: pytest.LogCaptureFixture) -> None:
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, info_log: pytest.LogCaptureFixture
+) -> None:
     attempts = poison_pipeline(monkeypatch, {"poison@lab.test"})
     with running_daemon(rig.config(limits={"quarantine_after": 3})) as daemon:
         rig.deliver(customer_mail(sender="poison@example.org", message_id="<poison@lab.test>"))
@@ -576,5 +638,6 @@ def test_poison_message_is_quarantined_and_the_loop_goes_on(
     assert lines_with(info_log, "event=quarantined")
     one_case_one_ack(rig, "after@example.org")
     assert [header(m, "Message-ID") for m in rig.imap.messages(USER, "mailcare/quarantine")] == [
-        "<poison@lab.test>"]
+        "<poison@lab.test>"
+    ]
     assert len(rig.imap.messages(USER)) == 1

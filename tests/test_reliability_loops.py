@@ -42,11 +42,11 @@ def rig(tmp_path: Path, lab_imap: LabImap, lab_smtp: LabSmtp) -> Rig:
 
 
 def run(rig: Rig, mails: list[bytes], **tables: dict[str, Any]) -> list[Received]:
-    """Start the daemon, deliver `mails` while it idles, wait until all are processed and
-    the outbox is empty; return everything the sink received."""
+    """Deliver `mails`, run the daemon until all are processed and the outbox is empty;
+    return everything the sink received."""
+    for raw in mails:
+        rig.deliver(raw)
     with running_daemon(rig.config(**tables)) as daemon:
-        for raw in mails:
-            rig.deliver(raw)
         rig.settle(daemon, len(mails))
     return rig.sink.received
 
@@ -71,12 +71,16 @@ def with_attachment(raw: bytes, name: str, data: bytes) -> bytes:
 
 
 def test_l01_null_return_path_opens_a_case_without_ack(rig: Rig) -> None:
-    received = run(rig, [
-        with_top_headers(customer_mail(sender="l01a@example.org"), "Return-Path: <>"),
-        with_top_headers(customer_mail(sender="l01b@example.org"), "Return-Path: <<>>"),
-        with_top_headers(customer_mail(sender="l01c@example.org"),
-                         "Return-Path: <l01c@example.org>"),
-    ])
+    received = run(
+        rig,
+        [
+            with_top_headers(customer_mail(sender="l01a@example.org"), "Return-Path: <>"),
+            with_top_headers(customer_mail(sender="l01b@example.org"), "Return-Path: <<>>"),
+            with_top_headers(
+                customer_mail(sender="l01c@example.org"), "Return-Path: <l01c@example.org>"
+            ),
+        ],
+    )
     for sender in ("l01a@example.org", "l01b@example.org"):
         assert case_of(rig, sender), f"{sender}: no case"
         assert acks_to(received, sender) == []
@@ -85,10 +89,17 @@ def test_l01_null_return_path_opens_a_case_without_ack(rig: Rig) -> None:
 
 
 def test_l02_auto_submitted_values(rig: Rig) -> None:
-    values = ["auto-replied", "auto-generated", "auto-notified",
-              'Auto-Replied; owner-email="x@y.example"', "AUTO-GENERATED"]
-    mails = [customer_mail(sender=f"l02-{n}@example.org", Auto_Submitted=value)
-             for n, value in enumerate(values)]
+    values = [
+        "auto-replied",
+        "auto-generated",
+        "auto-notified",
+        'Auto-Replied; owner-email="x@y.example"',
+        "AUTO-GENERATED",
+    ]
+    mails = [
+        customer_mail(sender=f"l02-{n}@example.org", Auto_Submitted=value)
+        for n, value in enumerate(values)
+    ]
     mails.append(customer_mail(sender="l02-no@example.org", Auto_Submitted="no"))
     received = run(rig, mails)
     for n in range(len(values)):
@@ -101,11 +112,18 @@ def test_l02_auto_submitted_values(rig: Rig) -> None:
 
 
 def test_l03_precedence_every_header_counts(rig: Rig) -> None:
-    mails = [customer_mail(sender=f"l03-{value}@example.org", Precedence=value)
-             for value in ("bulk", "junk", "list")]
+    mails = [
+        customer_mail(sender=f"l03-{value}@example.org", Precedence=value)
+        for value in ("bulk", "junk", "list")
+    ]
     # RT's vector: the first Precedence is harmless, the second one is not.
-    mails.append(with_top_headers(customer_mail(sender="l03-two@example.org"),
-                                  "Precedence: never-bounce", "Precedence: bulk"))
+    mails.append(
+        with_top_headers(
+            customer_mail(sender="l03-two@example.org"),
+            "Precedence: never-bounce",
+            "Precedence: bulk",
+        )
+    )
     received = run(rig, mails)
     for sender in ("l03-bulk", "l03-junk", "l03-list", "l03-two"):
         assert case_of(rig, f"{sender}@example.org")
@@ -123,8 +141,10 @@ def test_l04_mailing_list_headers(rig: Rig) -> None:
         "List-Owner": "<mailto:list-owner@lists.example.org>",
         "List-Archive": "<https://lists.example.org/archive/>",
     }
-    mails = [customer_mail(sender=f"l04-{n}@example.org", **{name.replace("-", "_"): value})
-             for n, (name, value) in enumerate(headers.items())]
+    mails = [
+        customer_mail(sender=f"l04-{n}@example.org", **{name.replace("-", "_"): value})
+        for n, (name, value) in enumerate(headers.items())
+    ]
     received = run(rig, mails)
     for n, name in enumerate(headers):
         sender = f"l04-{n}@example.org"
@@ -134,12 +154,25 @@ def test_l04_mailing_list_headers(rig: Rig) -> None:
 
 
 def test_l06_system_senders(rig: Rig) -> None:
-    locals_ = ["MAILER-DAEMON", "LISTSERV", "majordomo", "foo-request", "owner-foo",
-               "noreply", "no-reply", "postmaster", "abuse", "root"]
+    locals_ = [
+        "MAILER-DAEMON",
+        "LISTSERV",
+        "majordomo",
+        "foo-request",
+        "owner-foo",
+        "noreply",
+        "no-reply",
+        "postmaster",
+        "abuse",
+        "root",
+    ]
     senders = [f"{local}@l06.example.net" for local in locals_]
-    mails = [with_top_headers(customer_mail(sender=sender, subject=f"Avviso {n}"),
-                              f"Return-Path: <{sender}>")
-             for n, sender in enumerate(senders)]
+    mails = [
+        with_top_headers(
+            customer_mail(sender=sender, subject=f"Avviso {n}"), f"Return-Path: <{sender}>"
+        )
+        for n, sender in enumerate(senders)
+    ]
     received = run(rig, mails)
     assert not [r for r in received if set(r.rcpt_tos) & {s.lower() for s in senders}]
     assert not [r for r in received if r.rcpt_tos[0] not in AGENT_ADDRESSES]
@@ -166,7 +199,8 @@ def test_l07_own_address_and_alias(rig: Rig, caplog: pytest.LogCaptureFixture) -
 def test_l14_bcc_opens_a_case_without_ack(rig: Rig) -> None:
     """Delivered by Bcc: only the LDA's Delivered-To names us, never To or Cc."""
     raw = customer_mail(sender="l14@example.org").replace(
-        f"To: {SUPPORT}".encode(), b"To: team@l14.example.org")
+        f"To: {SUPPORT}".encode(), b"To: team@l14.example.org"
+    )
     raw = with_top_headers(raw, f"Delivered-To: {SUPPORT}", "Return-Path: <l14@example.org>")
     received = run(rig, [raw, customer_mail(sender="l14-control@example.org")])
     assert case_of(rig, "l14@example.org")
@@ -186,10 +220,14 @@ def test_l08_our_own_ack_forwarded_back(rig: Rig) -> None:
         sent = len(rig.sink.received)
         # The customer's auto-forward sends it back unchanged, then once with a new
         # Message-ID (some forwarders rewrite it; the loop header still marks it as ours).
-        rig.deliver(with_top_headers(ack.data, "Received: from mx.example.org by lab",
-                                     "Return-Path: <l08@example.org>"))
-        renamed = ack.data.replace(header(ack.data, "Message-ID").encode(),
-                                   make_msgid(domain="fwd.example.org").encode())
+        rig.deliver(
+            with_top_headers(
+                ack.data, "Received: from mx.example.org by lab", "Return-Path: <l08@example.org>"
+            )
+        )
+        renamed = ack.data.replace(
+            header(ack.data, "Message-ID").encode(), make_msgid(domain="fwd.example.org").encode()
+        )
         rig.deliver(with_top_headers(renamed, "Return-Path: <l08@example.org>"))
         rig.settle(daemon, 3)
     assert len(rig.sink.received) == sent  # no ack, no notification
@@ -220,8 +258,9 @@ def test_l12_out_of_office_reply_to_our_ack(rig: Rig) -> None:
     assert len(rig.sink.received) == sent  # no ack, owner not notified
     case, _, state_after = case_of(rig, "l12@example.org")[0]
     assert state_after == state
-    roles = rig.rows("SELECT role FROM messages WHERE case_number = ? AND direction = 'in' "
-                     "ORDER BY id", case)
+    roles = rig.rows(
+        "SELECT role FROM messages WHERE case_number = ? AND direction = 'in' ORDER BY id", case
+    )
     assert [r[0] for r in roles] == ["customer", "auto"]
     assert rig.count("SELECT COUNT(*) FROM cases") == 1
 
@@ -243,26 +282,30 @@ def test_l09_ping_pong_robot_stops_by_itself(rig: Rig) -> None:
     def answer_everything(message: Received) -> None:
         if robot in message.rcpt_tos:
             replies.append(len(replies) + 1)
-            ticket = customer_mail(sender=robot, subject=f"Ticket {len(replies)} aperto",
-                                   body="Abbiamo ricevuto la vostra richiesta.")
+            ticket = customer_mail(
+                sender=robot,
+                subject=f"Ticket {len(replies)} aperto",
+                body="Abbiamo ricevuto la vostra richiesta.",
+            )
             threading.Thread(target=rig.deliver, args=(ticket,), daemon=True).start()
         return None
 
     rig.sink.fault = answer_everything
     cap = 3
-    with running_daemon(rig.config(limits={"per_sender_max": cap,
-                                           "per_sender_window": 60})) as daemon:
+    with running_daemon(
+        rig.config(limits={"per_sender_max": cap, "per_sender_window": 60})
+    ) as daemon:
         rig.deliver(customer_mail(sender=robot, subject="Richiesta"))
         quiet_for(lambda: (daemon.processed, len(rig.sink.received)), 2.0, timeout=30)
         rig.settle(daemon, cap + 1)
     acks = acks_to(rig.sink.received, robot)
     assert len(acks) == cap
-    stored = rig.count("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND sender = ?",
-                       robot)
+    stored = rig.count("SELECT COUNT(*) FROM messages WHERE direction = 'in' AND sender = ?", robot)
     assert stored == cap + 1 == daemon.processed  # every robot mail stored, none lost
     assert rig.count("SELECT COUNT(*) FROM cases WHERE customer = ?", robot) == cap + 1
-    limited = [e for e in rig.events("suppressed_autoreply")
-               if e["reason"] == "rate-limited:sender"]
+    limited = [
+        e for e in rig.events("suppressed_autoreply") if e["reason"] == "rate-limited:sender"
+    ]
     assert len(limited) == 1  # once when the tap closes, not once per mail
 
 
@@ -284,17 +327,26 @@ def test_l10_one_ack_per_case_and_per_sender_cap(rig: Rig) -> None:
     chain = [first]
     for n in range(4):
         parent = header(chain[-1], "Message-ID")
-        chain.append(customer_mail(sender=sender, subject="Re: Linea lenta",
-                                   body=f"Aggiornamento {n}: ancora lenta.",
-                                   In_Reply_To=parent, References=parent))
-    new_threads = [customer_mail(sender=sender, subject=f"Altro problema {n}")
-                   for n in range(3)]
+        chain.append(
+            customer_mail(
+                sender=sender,
+                subject="Re: Linea lenta",
+                body=f"Aggiornamento {n}: ancora lenta.",
+                In_Reply_To=parent,
+                References=parent,
+            )
+        )
+    new_threads = [customer_mail(sender=sender, subject=f"Altro problema {n}") for n in range(3)]
     received = run(rig, chain + new_threads, limits={"per_sender_max": 3})
     cases = rig.rows("SELECT number FROM cases WHERE customer = ? ORDER BY number", sender)
     assert len(cases) == 4  # the chain is one case
     first_case = cases[0][0]
-    assert rig.count("SELECT COUNT(*) FROM messages WHERE case_number = ? "
-                     "AND direction = 'in'", first_case) == 5
+    assert (
+        rig.count(
+            "SELECT COUNT(*) FROM messages WHERE case_number = ? AND direction = 'in'", first_case
+        )
+        == 5
+    )
     acks = acks_to(received, sender)
     assert len(acks) == 3  # the first thread's ack + two new threads, then the cap
     assert header(acks[0].data, "In-Reply-To") == header(first, "Message-ID")
@@ -305,9 +357,11 @@ def test_l11_forged_sender_backscatter(rig: Rig) -> None:
     victim = "victim@example.net"
     canary = "CANARY-7f3a-body"
     mails = [
-        with_attachment(customer_mail(sender=victim, subject=f"Offerta {n}",
-                                      body=f"{canary} {n} compra ora"),
-                        "payload.bin", b"CANARY-7f3a-attachment" * 100)
+        with_attachment(
+            customer_mail(sender=victim, subject=f"Offerta {n}", body=f"{canary} {n} compra ora"),
+            "payload.bin",
+            b"CANARY-7f3a-attachment" * 100,
+        )
         for n in range(100)
     ]
     received = run(rig, mails, limits={"per_sender_max": 3})
@@ -321,8 +375,10 @@ def test_l11_forged_sender_backscatter(rig: Rig) -> None:
 
 def test_l16_redirect_obeys_the_same_rules(rig: Rig) -> None:
     if "[scope]" not in (ROOT / "mailcare.toml").read_text(encoding="utf-8"):
-        pytest.skip("mailcare.toml has no [scope] section yet (classifiers/scope.example.toml"
-                    " is not pasted in), so no out-of-scope decision can be made")
+        pytest.skip(
+            "mailcare.toml has no [scope] section yet (classifiers/scope.example.toml"
+            " is not pasted in), so no out-of-scope decision can be made"
+        )
     subject, body = "Bolletta della luce", "La bolletta della luce di Enel è troppo alta."
     suppressors: dict[str, list[str]] = {
         "l16-null": ["Return-Path: <>"],
@@ -331,14 +387,25 @@ def test_l16_redirect_obeys_the_same_rules(rig: Rig) -> None:
         "l16-list": ["List-Id: <x.lists.example.org>"],
         "l16-suppress": ["X-Auto-Response-Suppress: All"],
     }
-    mails = [with_top_headers(customer_mail(sender=f"{name}@example.org", subject=subject,
-                                            body=body), *lines)
-             for name, lines in suppressors.items()]
-    mails.append(with_top_headers(customer_mail(sender="noreply@l16.example.org",
-                                                subject=subject, body=body)))
-    clean = [with_attachment(customer_mail(sender="l16@example.org", subject=subject,
-                                           body=body), "bolletta.pdf", b"CANARY-l16" * 50)
-             for _ in range(3)]
+    mails = [
+        with_top_headers(
+            customer_mail(sender=f"{name}@example.org", subject=subject, body=body), *lines
+        )
+        for name, lines in suppressors.items()
+    ]
+    mails.append(
+        with_top_headers(
+            customer_mail(sender="noreply@l16.example.org", subject=subject, body=body)
+        )
+    )
+    clean = [
+        with_attachment(
+            customer_mail(sender="l16@example.org", subject=subject, body=body),
+            "bolletta.pdf",
+            b"CANARY-l16" * 50,
+        )
+        for _ in range(3)
+    ]
     received = run(rig, mails + clean, scope=True, limits={"per_sender_max": 1})
     redirects = [r for r in received if header(r.data, "Auto-Submitted")]
     assert [r.rcpt_tos for r in redirects] == [("l16@example.org",)]
@@ -350,8 +417,9 @@ def test_l16_redirect_obeys_the_same_rules(rig: Rig) -> None:
 # -- bounces -------------------------------------------------------------------------------
 
 
-def dsn(to: str, recipient: str, *, action: str = "failed", status: str = "5.1.1",
-        original: bytes = b"") -> bytes:
+def dsn(
+    to: str, recipient: str, *, action: str = "failed", status: str = "5.1.1", original: bytes = b""
+) -> bytes:
     """An RFC 3464 delivery report as Postfix writes it, from MAILER-DAEMON to `to`, with the
     returned mail's header block in a text/rfc822-headers part."""
     head = original.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
@@ -413,7 +481,8 @@ def test_b01_permanent_dsn_for_our_ack(rig: Rig) -> None:
         alerts = rig.sink.received[sent:]
         # The owner hears of it; nothing goes to the customer or to the bounce's sender.
         assert [r.rcpt_tos[0] for r in alerts if r.rcpt_tos[0] in AGENT_ADDRESSES] == [
-            r.rcpt_tos[0] for r in alerts]
+            r.rcpt_tos[0] for r in alerts
+        ]
         assert len(alerts) == 1
         assert "1000" in header(alerts[0].data, "Subject")
         # Further automatic mail to that address is suppressed.
@@ -434,8 +503,9 @@ def test_b02_delayed_dsn_is_only_a_note(rig: Rig) -> None:
         ack = first_ack(rig, customer)
         rig.settle(daemon, 1)
         sent = len(rig.sink.received)
-        rig.deliver(dsn(ack.mail_from, customer, action="delayed", status="4.4.1",
-                        original=ack.data))
+        rig.deliver(
+            dsn(ack.mail_from, customer, action="delayed", status="4.4.1", original=ack.data)
+        )
         rig.settle(daemon, 2)
         assert len(rig.sink.received) == sent  # a delay is nobody's problem yet
         rig.deliver(customer_mail(sender=customer, subject="Altra domanda"))
@@ -456,8 +526,9 @@ def test_b04_forged_dsn_changes_nothing(rig: Rig) -> None:
         mac = ack.mail_from.partition(".")[2].partition("@")[0]
         forged_verp = ack.mail_from.replace(mac, "x" * len(mac))
         assert forged_verp != ack.mail_from
-        forged_headers = ack.data.replace(header(ack.data, "Message-ID").encode(),
-                                          b"<mc.ack.1000.aaaaaaaaaaaaaaaa@examplenet.it>")
+        forged_headers = ack.data.replace(
+            header(ack.data, "Message-ID").encode(), b"<mc.ack.1000.aaaaaaaaaaaaaaaa@examplenet.it>"
+        )
         rig.deliver(dsn(forged_verp, customer, original=forged_headers))
         rig.deliver(dsn(SUPPORT, customer, original=forged_headers))
         rig.settle(daemon, 3)
@@ -473,9 +544,14 @@ def test_b04_forged_dsn_changes_nothing(rig: Rig) -> None:
 
 def test_b06_bounce_storm_sends_nothing(rig: Rig) -> None:
     """200 DSNs for mail we never sent (spam forging our address): stored, never answered."""
-    mails = [dsn(SUPPORT, f"gone{n}@elsewhere.example",
-                 original=customer_mail(sender=SUPPORT, subject=f"spam {n}"))
-             for n in range(200)]
+    mails = [
+        dsn(
+            SUPPORT,
+            f"gone{n}@elsewhere.example",
+            original=customer_mail(sender=SUPPORT, subject=f"spam {n}"),
+        )
+        for n in range(200)
+    ]
     for raw in mails:
         rig.deliver(raw)
     started = time.monotonic()

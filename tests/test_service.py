@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -127,16 +128,19 @@ class DaemonProcess:
             return list(self._lines)
 
     def wait_for(self, pattern: str, timeout: float = 30.0, after: int = 0) -> str:
-        """The first stderr line from index `after` on that matches the regex `pattern`."""
-        found: list[str] = []
+        """The first stderr line from index `after` on that matches the regex `pattern`;
+        fails at once, with the whole output, when the daemon exits first."""
 
-        def seen() -> bool:
-            if self.process.poll() is not None and not found:
-                self._reader.join(1)
-            found[:] = [line for line in self.lines[after:] if re.search(pattern, line)]
-            return bool(found) or self.process.poll() is not None
+        def matching() -> list[str]:
+            return [line for line in self.lines[after:] if re.search(pattern, line)]
 
-        wait_until(seen, timeout, f"a log line matching {pattern!r}")
+        def exited() -> bool:
+            return self.process.poll() is not None
+
+        wait_until(lambda: bool(matching()) or exited(), timeout, f"a line matching {pattern!r}")
+        if exited():
+            self._reader.join(5)  # the last lines may still be in the pipe
+        found = matching()
         assert found, f"daemon exited ({self.process.returncode}):\n" + "\n".join(self.lines)
         return found[0]
 
@@ -239,6 +243,10 @@ def scope_toml(tmp_path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def acked(sink: LabSmtp, customer: str) -> bool:
+    return len(acks_to(sink.received, customer)) == 1
+
+
 def logins(proxy: Any) -> int:
     """LOGIN commands the daemon sent through the proxy: one per IMAP connection."""
     return bytes(proxy.upstream).count(b" LOGIN ")
@@ -321,6 +329,7 @@ def test_d01_d02_d03_ready_watchdog_status_stopping(
     assert code == 0, "\n".join(daemon.lines)
     assert took < 10
     assert notify.lines()[-1] == "STOPPING=1"
+    assert b" LOGOUT" in bytes(proxy.upstream)  # IDLE ended and the session closed politely
     assert any("event=stopped" in line for line in daemon.lines)
 
 
@@ -458,7 +467,7 @@ def test_bad_reload_is_rejected_and_the_old_config_keeps_working(
             body = "My fibre line is down since yesterday."
             lab_imap.deliver(USER, customer_mail(sender=customer, subject="Help", body=body))
             wait_until(
-                lambda c=customer: len(acks_to(lab_smtp.received, c)) == 1,
+                partial(acked, lab_smtp, customer),
                 what=f"the old config still answers after: {reason}",
             )
             lines = [r.getMessage() for r in caplog.records if "event=reload" in r.getMessage()]

@@ -87,6 +87,22 @@ def test_exec_start_runs_the_daemon_with_the_configuration_directory(
     assert service["UMask"] == ["0077"]
 
 
+def test_the_dynamic_user_can_read_its_configuration_directory(
+    unit: dict[str, dict[str, list[str]]],
+) -> None:
+    """systemd chowns a StateDirectory to the dynamic user but leaves a
+    ConfigurationDirectory owned by root (systemd.exec(5)): only the "other" bits let the
+    service into /etc/mailcare, and the install line must make the config readable too."""
+    service = unit["Service"]
+    assert service["DynamicUser"] == ["yes"]
+    mode = int(service["ConfigurationDirectoryMode"][0], 8)
+    assert mode & 0o005 == 0o005
+    assert int(service["StateDirectoryMode"][0], 8) & 0o077 == 0  # the database stays private
+    text = UNIT.read_text(encoding="utf-8")
+    install = re.search(r"install -m (\d+) mailcare\.toml /etc/mailcare/", text)
+    assert install is not None and int(install.group(1), 8) & 0o004
+
+
 def test_d06_credentials_are_the_ones_the_config_loader_reads(
     unit: dict[str, dict[str, list[str]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
