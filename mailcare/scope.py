@@ -117,9 +117,10 @@ class RuleHit:
 
 
 def _phrase(keyword: str) -> str:
-    """A whole-word, whole-phrase pattern: `pec` must not fire inside `specifico`."""
+    """A whole-word, whole-phrase pattern: `pec` must not fire inside `specifico`; any spacing or
+    punctuation may separate the words (`perche' addebito`)."""
     words = [re.escape(word) for word in fold(keyword).split()]
-    return r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
+    return r"(?<!\w)" + r"\W+".join(words) + r"(?!\w)"
 
 
 @functools.lru_cache(maxsize=256)
