@@ -77,13 +77,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "route_categories": {k for k, v in kinds.items() if v == "route"},
         "threshold": threshold,
         "margin": margin,
+        "min_words": scope.min_words,
         "categories": categories,
     }
     examples = load_examples(args.examples)
     cv = cross_validate(examples, folds=args.folds, seed=args.seed, **common)
     heldout = load_examples(args.heldout)
     held = evaluate(examples, heldout, **common)
-    model = ScopeModel.train(examples, categories, kinds=kinds, threshold=threshold, margin=margin)
+    model = ScopeModel.train(
+        examples,
+        categories,
+        kinds=kinds,
+        threshold=threshold,
+        margin=margin,
+        min_words=scope.min_words,
+    )
     held["ms_per_mail"] = single_mail_ms(model, heldout)
     command = "bench/scope_eval.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {"cross_validation": cv, "heldout": held, "command": command.strip()}

@@ -97,8 +97,13 @@ def reply_mail(soak: Soak, ack: Received) -> bytes:
 
 
 def oof_mail(soak: Soak, ack: Received) -> bytes:
-    return reply_to(ack.data, f"Cliente <{ack.rcpt_tos[0]}>", "Sono in ferie fino a lunedì.",
-                    prefix="Risposta automatica: ", Auto_Submitted="auto-replied")
+    return reply_to(
+        ack.data,
+        f"Cliente <{ack.rcpt_tos[0]}>",
+        "Sono in ferie fino a lunedì.",
+        prefix="Risposta automatica: ",
+        Auto_Submitted="auto-replied",
+    )
 
 
 def bounce_mail(soak: Soak, ack: Received) -> bytes:
@@ -124,8 +129,14 @@ def agent_mail(soak: Soak, notice: Received) -> bytes:
     """The owner answers the notification: a command, or words for the customer."""
     address = notice.rcpt_tos[0]
     name = next(n for n, a in AGENTS if a == address)
-    body = soak.rng.choice(["#note richiamato il cliente", "#take", "#close",
-                            "Buongiorno, abbiamo riavviato la porta: ora dovrebbe andare."])
+    body = soak.rng.choice(
+        [
+            "#note richiamato il cliente",
+            "#take",
+            "#close",
+            "Buongiorno, abbiamo riavviato la porta: ora dovrebbe andare.",
+        ]
+    )
     return reply_to(notice.data, f"{name} <{address}>", body)
 
 
@@ -163,7 +174,9 @@ def start(soak: Soak) -> subprocess.Popen[bytes]:
     log = (soak.work / "daemon.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "mailcare.cli", "run", "--config", str(soak.config)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
 
 
@@ -194,8 +207,11 @@ def drain(soak: Soak, timeout: float = 600.0) -> None:
 def progress(soak: Soak) -> tuple[int, int]:
     if not soak.db.exists():
         return 0, 0
-    rows = query(soak, "SELECT (SELECT COUNT(*) FROM messages WHERE direction = 'in'), "
-                       "(SELECT COUNT(*) FROM outbox WHERE status = 'pending')")
+    rows = query(
+        soak,
+        "SELECT (SELECT COUNT(*) FROM messages WHERE direction = 'in'), "
+        "(SELECT COUNT(*) FROM outbox WHERE status = 'pending')",
+    )
     return int(rows[0][0]), int(rows[0][1])
 
 
@@ -219,8 +235,12 @@ def check(soak: Soak) -> tuple[list[tuple[str, Any]], list[str]]:
     _check_owners(soak, figures, problems)
     integrity = query(soak, "PRAGMA integrity_check")[0][0]
     pending = query(soak, "SELECT COUNT(*) FROM outbox WHERE status = 'pending'")[0][0]
-    figures += [("integrity_check", integrity), ("pending outbox rows", pending),
-                ("daemon runs killed", soak.killed), ("final run exit code", soak.final_code)]
+    figures += [
+        ("integrity_check", integrity),
+        ("pending outbox rows", pending),
+        ("daemon runs killed", soak.killed),
+        ("final run exit code", soak.final_code),
+    ]
     if integrity != "ok":
         problems.append(f"integrity_check: {integrity}")
     if pending:
@@ -231,22 +251,27 @@ def check(soak: Soak) -> tuple[list[tuple[str, Any]], list[str]]:
 
 
 def _check_stored(soak: Soak, figures: list[tuple[str, Any]], problems: list[str]) -> None:
-    stored = Counter(r[0] for r in query(
-        soak, "SELECT message_id FROM messages WHERE direction = 'in'"))
+    stored = Counter(
+        r[0] for r in query(soak, "SELECT message_id FROM messages WHERE direction = 'in'")
+    )
     delivered = Counter(soak.delivered)
     missing = [mid for mid in delivered if stored[mid] == 0]
     twice = [mid for mid, n in stored.items() if n > 1]
     on_server = soak.lab.status(soak.user)["messages"]
     mix = ", ".join(f"{kind} {n}" for kind, n in sorted(soak.kinds.items()))
-    figures += [("delivered mails", f"{len(soak.delivered)} ({mix})"),
-                ("stored exactly once", sum(1 for mid in delivered if stored[mid] == 1)),
-                ("missing / stored twice", f"{len(missing)} / {len(twice)}"),
-                ("still on the IMAP server", on_server)]
+    figures += [
+        ("delivered mails", f"{len(soak.delivered)} ({mix})"),
+        ("stored exactly once", sum(1 for mid in delivered if stored[mid] == 1)),
+        ("missing / stored twice", f"{len(missing)} / {len(twice)}"),
+        ("still on the IMAP server", on_server),
+    ]
     if missing:
         problems.append(f"{len(missing)} delivered mails not stored, e.g. {missing[:3]}")
     if twice or len(delivered) != len(soak.delivered):
-        problems.append(f"stored twice: {twice[:3]}; delivered ids repeated: "
-                        f"{len(soak.delivered) - len(delivered)}")
+        problems.append(
+            f"stored twice: {twice[:3]}; delivered ids repeated: "
+            f"{len(soak.delivered) - len(delivered)}"
+        )
     if on_server != len(soak.delivered):
         problems.append(f"{on_server} mails on the server, {len(soak.delivered)} delivered")
 
@@ -254,11 +279,18 @@ def _check_stored(soak: Soak, figures: list[tuple[str, Any]], problems: list[str
 def _check_acks(soak: Soak, figures: list[tuple[str, Any]], problems: list[str]) -> None:
     cases = [r[0] for r in query(soak, "SELECT number FROM cases")]
     marks = ",".join("?" * len(ACK_KINDS))
-    acked = {r[0] for r in query(
-        soak, f"SELECT case_number FROM outbox WHERE kind IN ({marks}) AND status = 'sent'",
-        *ACK_KINDS)}
-    reasons = {r[0] for r in query(
-        soak, "SELECT case_number FROM events WHERE kind = 'suppressed_autoreply'")}
+    acked = {
+        r[0]
+        for r in query(
+            soak,
+            f"SELECT case_number FROM outbox WHERE kind IN ({marks}) AND status = 'sent'",
+            *ACK_KINDS,
+        )
+    }
+    reasons = {
+        r[0]
+        for r in query(soak, "SELECT case_number FROM events WHERE kind = 'suppressed_autoreply'")
+    }
     neither = [case for case in cases if case not in acked and case not in reasons]
     copies: Counter[str] = Counter()
     ids_per_case: defaultdict[str, set[str]] = defaultdict(set)
@@ -268,13 +300,15 @@ def _check_acks(soak: Soak, figures: list[tuple[str, Any]], problems: list[str])
             copies[mid] += 1
             ids_per_case[header(received.data, "X-Mailcare-Case")].add(mid)
     two_acks = sorted(case for case, ids in ids_per_case.items() if len(ids) > 1)
-    figures += [("cases", len(cases)), ("  with their ack sent", len(acked)),
-                ("  with a recorded reason instead", len(reasons - acked)),
-                ("  with neither", len(neither)),
-                ("acks at the sink", f"{sum(copies.values())} copies of {len(copies)} "
-                                     "Message-IDs"),
-                ("  resent with the same Message-ID", sum(n - 1 for n in copies.values())),
-                ("cases with two different acks", len(two_acks))]
+    figures += [
+        ("cases", len(cases)),
+        ("  with their ack sent", len(acked)),
+        ("  with a recorded reason instead", len(reasons - acked)),
+        ("  with neither", len(neither)),
+        ("acks at the sink", f"{sum(copies.values())} copies of {len(copies)} Message-IDs"),
+        ("  resent with the same Message-ID", sum(n - 1 for n in copies.values())),
+        ("cases with two different acks", len(two_acks)),
+    ]
     if neither:
         problems.append(f"{len(neither)} cases without ack or reason, e.g. {neither[:5]}")
     if two_acks:
@@ -283,8 +317,9 @@ def _check_acks(soak: Soak, figures: list[tuple[str, Any]], problems: list[str])
 
 def _check_owners(soak: Soak, figures: list[tuple[str, Any]], problems: list[str]) -> None:
     owners = dict(query(soak, "SELECT number, owner FROM cases"))
-    assigned = Counter(r[0] for r in query(
-        soak, "SELECT case_number FROM events WHERE kind = 'assigned'"))
+    assigned = Counter(
+        r[0] for r in query(soak, "SELECT case_number FROM events WHERE kind = 'assigned'")
+    )
     notified: defaultdict[int, set[str]] = defaultdict(set)
     for received in sent_of(soak, "notify_owner"):
         notified[int(header(received.data, "X-Mailcare-Case"))].update(received.rcpt_tos)
@@ -320,9 +355,15 @@ def run(args: argparse.Namespace) -> int:
         try:
             soak = Soak(args, lab, sink, Path(folder), random.Random(args.seed))
             soak.user = lab.fresh_user()
-            text = lab_config(imap_host="127.0.0.1", imap_port=lab.port, user=soak.user,
-                              password="secret", smtp_host=sink.host, smtp_port=sink.port,
-                              state_dir=soak.work / "state")
+            text = lab_config(
+                imap_host="127.0.0.1",
+                imap_port=lab.port,
+                user=soak.user,
+                password="secret",
+                smtp_host=sink.host,
+                smtp_port=sink.port,
+                state_dir=soak.work / "state",
+            )
             soak.config.write_text(with_settings(text, imap={"batch_size": 10}))
             for _ in range(args.kills):
                 deliver_round(soak)
@@ -335,16 +376,30 @@ def run(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def report(args: argparse.Namespace, figures: list[tuple[str, Any]], problems: list[str],
-           took: float) -> None:
-    command = (f"python bench/soak_kill.py --kills {args.kills} --mails-per-round "
-               f"{args.mails_per_round} --seed {args.seed}")
+def report(
+    args: argparse.Namespace, figures: list[tuple[str, Any]], problems: list[str], took: float
+) -> None:
+    command = (
+        f"python bench/soak_kill.py --kills {args.kills} --mails-per-round "
+        f"{args.mails_per_round} --seed {args.seed}"
+    )
     if args.json:
-        print(json.dumps({"figures": dict(figures), "problems": problems, "seconds": round(took),
-                          "command": shlex.split(command)}, default=str))
+        print(
+            json.dumps(
+                {
+                    "figures": dict(figures),
+                    "problems": problems,
+                    "seconds": round(took),
+                    "command": shlex.split(command),
+                },
+                default=str,
+            )
+        )
         return
-    print(f"soak_kill: {args.kills} SIGKILLs, {args.mails_per_round} mails per round, "
-          f"seed {args.seed}, {took:.0f} s")
+    print(
+        f"soak_kill: {args.kills} SIGKILLs, {args.mails_per_round} mails per round, "
+        f"seed {args.seed}, {took:.0f} s"
+    )
     width = max(len(name) for name, _ in figures)
     for name, value in figures:
         print(f"  {name:<{width}}  {value}")

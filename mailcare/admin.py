@@ -19,14 +19,27 @@ def apply_admin(settings: Settings, number: int, action: str, arg: str, *, now: 
         if row is None:
             return f"no case {number}"
         engine = pipeline.Engine.load(settings, train=False)
-        env = plan_mod.Env(settings=settings, secret=engine.secret, templates=engine.templates,
-                           hours=engine.hours, now=now)
+        env = plan_mod.Env(
+            settings=settings,
+            secret=engine.secret,
+            templates=engine.templates,
+            hours=engine.hours,
+            now=now,
+        )
         row["first_text"] = store.first_customer_text(number)
         facts = plan_mod.Facts(
-            duplicate=False, next_case_number=0, case=None, case_row=row,
-            customer_ids=store.customer_message_ids(number), open_counts={},
-            last_assigned=None, previous_owner=None, sent_to_sender=(), sent_for_case=(),
-            suppressed_until=None, last_take=None,
+            duplicate=False,
+            next_case_number=0,
+            case=None,
+            case_row=row,
+            customer_ids=store.customer_message_ids(number),
+            open_counts={},
+            last_assigned=None,
+            previous_owner=None,
+            sent_to_sender=(),
+            sent_for_case=(),
+            suppressed_until=None,
+            last_take=None,
         )
         plan, lines = plan_mod.admin_command(row, action, arg, facts, env)
         with store.batch():

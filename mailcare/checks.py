@@ -32,8 +32,10 @@ def _templates(settings: Settings, echo: Callable[[str], None]) -> list[str]:
     templates = Templates(folder, languages=cfg.languages, default_language=cfg.default_language)
     found = [f"templates: {p}" for p in templates.check()]
     if not found:
-        echo(f"templates: {len(templates.kinds())} kinds x {len(cfg.languages)} languages "
-             f"render ({folder})")
+        echo(
+            f"templates: {len(templates.kinds())} kinds x {len(cfg.languages)} languages "
+            f"render ({folder})"
+        )
     return found
 
 
@@ -57,10 +59,12 @@ def _imap(settings: Settings, echo: Callable[[str], None]) -> list[str]:
     imap = settings.imap
     try:
         source = ImapSource(
-            imap, password=imap.password.get_secret_value() if imap.password else None,
+            imap,
+            password=imap.password.get_secret_value() if imap.password else None,
             token_command=token_source(imap.auth, imap.oauth2_token_command),
             max_message_bytes=settings.limits.max_message_bytes,
-            logger=logging.getLogger("mailcare.check"))
+            logger=logging.getLogger("mailcare.check"),
+        )
         try:
             uidvalidity = source.connect()
         finally:
@@ -77,9 +81,11 @@ def _smtp(settings: Settings, echo: Callable[[str], None]) -> list[str]:
     smtp = settings.smtp
 
     async def greet() -> str:
-        sender = SmtpSender(smtp, password=smtp.password.get_secret_value()
-                            if smtp.password else None,
-                            token_command=token_source(smtp.auth, smtp.oauth2_token_command))
+        sender = SmtpSender(
+            smtp,
+            password=smtp.password.get_secret_value() if smtp.password else None,
+            token_command=token_source(smtp.auth, smtp.oauth2_token_command),
+        )
         try:
             return await sender.greet()
         finally:

@@ -23,7 +23,10 @@ from .store import StoreError
 F = TypeVar("F", bound=Callable[..., Any])
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
     help="Path to mailcare.toml (default: $MAILCARE_CONFIG or ./mailcare.toml).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -71,8 +74,12 @@ def main() -> None:
 
 @main.command()
 @config_option
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
-              help="Log lines as text (journald-friendly, default) or JSON lines.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text (journald-friendly, default) or JSON lines.",
+)
 @click.option("--once", is_flag=True, help="Process what is waiting, then exit.")
 def run(config_path: Path | None, log_format: str | None, once: bool) -> None:
     """Run the daemon (under systemd: Type=notify)."""
@@ -94,8 +101,12 @@ def run(config_path: Path | None, log_format: str | None, once: bool) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"),
-              help="Folder for the sent mails and the demo's state (default ./demo-out).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("demo-out"),
+    help="Folder for the sent mails and the demo's state (default ./demo-out).",
+)
 @click.option("--quiet", is_flag=True, help="Only the timeline, no daemon log lines.")
 def demo(out: Path, quiet: bool) -> None:
     """Run mailcare on built-in servers and sample mail, and print what it did."""
@@ -150,9 +161,11 @@ def cases(config_path: Path | None, as_json: bool, state: str | None, limit: int
     click.echo(f"{'case':>6}  {'state':<10} {'scope':<22} {'owner':<26} {'opened':<16} subject")
     for row in rows:
         scope = f"{row['scope_kind']}/{row['scope_category']}".rstrip("/")
-        click.echo(f"{row['number']:>6}  {row['state']:<10} {scope:<22} "
-                   f"{(row['owner'] or '-'):<26} {_when(row['created_at']):<16} "
-                   f"{row['subject'][:60]}")
+        click.echo(
+            f"{row['number']:>6}  {row['state']:<10} {scope:<22} "
+            f"{(row['owner'] or '-'):<26} {_when(row['created_at']):<16} "
+            f"{row['subject'][:60]}"
+        )
 
 
 @main.command()
@@ -172,21 +185,28 @@ def case(number: int, config_path: Path | None, as_json: bool) -> None:
     for event in events:
         event["detail"] = json.loads(event["detail"])
     if as_json:
-        data = {"case": row, "messages": [_message_json(m) for m in messages],
-                "events": events, "outbox": outbox}
+        data = {
+            "case": row,
+            "messages": [_message_json(m) for m in messages],
+            "events": events,
+            "outbox": outbox,
+        }
         click.echo(json.dumps(data, ensure_ascii=False, default=str, indent=1))
         return
     click.echo(f"case {number}: {row['subject']}")
     click.echo(f"  customer {row['customer']}  owner {row['owner'] or '-'}  state {row['state']}")
-    click.echo(f"  scope {row['scope_kind']} {row['scope_category']} "
-               f"({row['scope_confidence']:.2f}): {row['scope_reason']}")
+    click.echo(
+        f"  scope {row['scope_kind']} {row['scope_category']} "
+        f"({row['scope_confidence']:.2f}): {row['scope_reason']}"
+    )
     click.echo("messages:")
     for m in messages:
         how = f"  joined by {m['matched_by']}" if m["matched_by"] else ""
         arrow = "<-" if m["direction"] == "in" else "->"
         who = m["sender"] if m["direction"] == "in" else ",".join(json.loads(m["recipients"]))
-        click.echo(f"  {_when(m['created_at'])} {arrow} {m['role']:<9} {m['kind'] or '':<13} "
-                   f"{who}{how}")
+        click.echo(
+            f"  {_when(m['created_at'])} {arrow} {m['role']:<9} {m['kind'] or '':<13} {who}{how}"
+        )
     click.echo("history:")
     for e in events:
         detail = " ".join(f"{k}={v}" for k, v in e["detail"].items() if v not in (None, ""))
@@ -228,9 +248,11 @@ def replay(paths: tuple[Path, ...], config_path: Path | None, as_json: bool, fre
         else:
             case_text = f"case {result['case']}" if result["case"] else "no case"
             new = " (new)" if result["new_case"] else ""
-            click.echo(f"{result['source']}: {case_text}{new} by {result['matched_by'] or '-'}; "
-                       f"actions {','.join(result['actions']) or 'none'}"
-                       + (f"; {'; '.join(result['reasons'])}" if result["reasons"] else ""))
+            click.echo(
+                f"{result['source']}: {case_text}{new} by {result['matched_by'] or '-'}; "
+                f"actions {','.join(result['actions']) or 'none'}"
+                + (f"; {'; '.join(result['reasons'])}" if result["reasons"] else "")
+            )
 
 
 # -- scope -------------------------------------------------------------------------------
@@ -240,28 +262,45 @@ def replay(paths: tuple[Path, ...], config_path: Path | None, as_json: bool, fre
 @config_option
 def train(config_path: Path | None) -> None:
     """Retrain the scope model from classifiers/ and print a summary."""
-    from .scope import cli_train
+    from .evaluate import cli_train
 
     click.echo(cli_train(_settings(config_path)))
 
 
 @main.command(name="eval")
 @config_option
-@click.option("--train", "train_path", type=click.Path(exists=True, path_type=Path),
-              default=None, help="Training JSONL (default: the configured examples).")
-@click.option("--test", "test_path", type=click.Path(exists=True, path_type=Path),
-              required=True, help="Labelled JSONL to evaluate on.")
-@click.option("--out-categories", default=None,
-              help="Comma-separated categories that mean 'not ours' (default: from config).")
+@click.option(
+    "--train",
+    "train_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Training JSONL (default: the configured examples).",
+)
+@click.option(
+    "--test",
+    "test_path",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    help="Labelled JSONL to evaluate on.",
+)
+@click.option(
+    "--out-categories",
+    default=None,
+    help="Comma-separated categories that mean 'not ours' (default: from config).",
+)
 @json_option
-def eval_command(config_path: Path | None, train_path: Path | None, test_path: Path,
-                 out_categories: str | None, as_json: bool) -> None:
+def eval_command(
+    config_path: Path | None,
+    train_path: Path | None,
+    test_path: Path,
+    out_categories: str | None,
+    as_json: bool,
+) -> None:
     """Precision/recall, confusion matrix, wrong-redirect rate, out-of-scope recall, unsure."""
-    from .evaluate import format_report
-    from .scope import cli_eval
+    from .evaluate import cli_eval, format_report
 
-    settings = _settings(config_path) if config_path or Path("mailcare.toml").exists() else (
-        Settings())
+    path = _config_path(config_path)
+    settings = config_mod.load(path if config_path or path.exists() else None)
     outs = set(out_categories.split(",")) if out_categories else None
     report = cli_eval(settings, train_path, test_path, outs)
     click.echo(json.dumps(report, indent=1) if as_json else format_report(report))
@@ -289,16 +328,27 @@ def agents(config_path: Path | None, as_json: bool) -> None:
     settings = _settings(config_path)
     counts = _store(settings).open_counts()
     today = datetime.now().date()
-    rows = [{"name": a.name, "address": a.address, "open": counts.get(a.address, 0),
-             "available": available(a, today), "queues": list(a.queues),
-             "languages": list(a.languages), "lead": a.lead} for a in settings.agents]
+    rows = [
+        {
+            "name": a.name,
+            "address": a.address,
+            "open": counts.get(a.address, 0),
+            "available": available(a, today),
+            "queues": list(a.queues),
+            "languages": list(a.languages),
+            "lead": a.lead,
+        }
+        for a in settings.agents
+    ]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
     for r in rows:
         status = "available" if r["available"] else "away"
-        click.echo(f"{r['name']:<20} {r['address']:<30} open {r['open']:>3}  {status:<9} "
-                   f"queues {','.join(r['queues']) or 'all'}")
+        click.echo(
+            f"{r['name']:<20} {r['address']:<30} open {r['open']:>3}  {status:<9} "
+            f"queues {','.join(r['queues']) or 'all'}"
+        )
 
 
 @main.command()
@@ -349,8 +399,14 @@ def _period(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @main.command()
 @config_option
 @json_option
-@click.option("--since", "period", default="7d", show_default=True, callback=_period,
-              help="How far back to look: 24h, 7d, 2w, 30d…")
+@click.option(
+    "--since",
+    "period",
+    default="7d",
+    show_default=True,
+    callback=_period,
+    help="How far back to look: 24h, 7d, 2w, 30d…",
+)
 def stats(config_path: Path | None, as_json: bool, period: float) -> None:
     """Volumes, scope decisions, response times (working hours), owners' load, holds."""
     from .stats import format_text, stats_for
@@ -365,10 +421,21 @@ def stats(config_path: Path | None, as_json: bool, period: float) -> None:
 
 @main.command()
 @config_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("report.html"), show_default=True, help="The HTML file to write.")
-@click.option("--since", "period", default="30d", show_default=True, callback=_period,
-              help="How far back to look: 24h, 7d, 2w, 30d…")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="The HTML file to write.",
+)
+@click.option(
+    "--since",
+    "period",
+    default="30d",
+    show_default=True,
+    callback=_period,
+    help="How far back to look: 24h, 7d, 2w, 30d…",
+)
 def report(config_path: Path | None, out: Path, period: float) -> None:
     """Write the stats with charts as one self-contained HTML page."""
     from .report import write_report
@@ -379,8 +446,10 @@ def report(config_path: Path | None, out: Path, period: float) -> None:
     except OSError as exc:
         _fail(f"{out}: cannot write the report: {exc.strerror or exc}")
         return
-    click.echo(f"wrote {out} ({summary['volume']['new_cases']} new cases, "
-               f"{summary['volume']['mails_in']} mails in)")
+    click.echo(
+        f"wrote {out} ({summary['volume']['new_cases']} new cases, "
+        f"{summary['volume']['mails_in']} mails in)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -247,6 +247,8 @@ class ScopeSection(Section):
     threshold: float = Field(0.75, gt=0, lt=1)
     # "out" and "route" must also beat the summed "in" probability by this much (in wins doubt).
     margin: float = Field(0.4, ge=0, le=1)
+    # Mails shorter than this many words (subject + new text) are never sent away by the model.
+    min_words: int = Field(12, ge=0)
     categories: dict[str, ScopeCategory] = Field(default_factory=dict)
 
 
@@ -365,9 +367,7 @@ def _resolve_secrets(settings: Settings) -> Settings:
         if section.password is not None and credential is None:
             continue
         source = credential or (
-            _absolute(settings.config_dir, section.password_file)
-            if section.password_file
-            else None
+            _absolute(settings.config_dir, section.password_file) if section.password_file else None
         )
         if source is not None:
             secret = _read_secret(source, f"{section_name}.password_file")

@@ -205,8 +205,9 @@ class Daemon:
         self._uidvalidity = uidvalidity
         if known is not None and known[0] != uidvalidity:
             # UIDs restart: rescan everything; Message-ID/content dedupe keeps it harmless (I01).
-            log.warning("event=uidvalidity_changed folder=%s old=%d new=%d", folder, known[0],
-                        uidvalidity)
+            log.warning(
+                "event=uidvalidity_changed folder=%s old=%d new=%d", folder, known[0], uidvalidity
+            )
         if known is None or known[0] != uidvalidity:
             with store.batch():
                 store.set_folder(folder, uidvalidity, 0, self.clock())
@@ -217,8 +218,12 @@ class Daemon:
             self._source = None
         if self._outage_since is None:
             self._outage_since = self.clock()
-            log.error("event=%s host=%s error=%s (retrying with backoff)", event,
-                      self.settings.imap.host, exc)
+            log.error(
+                "event=%s host=%s error=%s (retrying with backoff)",
+                event,
+                self.settings.imap.host,
+                exc,
+            )
             # `systemctl status` shows why the service is not ready (or not working).
             imap = self.settings.imap
             self.notifier.status(f"IMAP {imap.host}:{imap.port} unavailable, retrying: {exc}")
@@ -310,8 +315,15 @@ class Daemon:
         mail = pipeline.parse(self.engine, head + b"\r\n")
         return dataclasses.replace(mail, defects=(*mail.defects, note))
 
-    def _one(self, store: Store, item: Fetched, mail: Mail, now: float,
-             plans: list[pipeline.plan_mod.Plan], quarantine: list[int]) -> bool:
+    def _one(
+        self,
+        store: Store,
+        item: Fetched,
+        mail: Mail,
+        now: float,
+        plans: list[pipeline.plan_mod.Plan],
+        quarantine: list[int],
+    ) -> bool:
         """Process one mail inside a savepoint; a failure rolls back only this mail."""
         assert self.engine is not None
         folder = self.settings.imap.folder
@@ -319,14 +331,26 @@ class Daemon:
             return True
         try:
             with store.db.atomic():
-                plan = pipeline.process(store, self.engine, mail, now=now, folder=folder,
-                                        uidvalidity=self._uidvalidity, uid=item.uid)
+                plan = pipeline.process(
+                    store,
+                    self.engine,
+                    mail,
+                    now=now,
+                    folder=folder,
+                    uidvalidity=self._uidvalidity,
+                    uid=item.uid,
+                )
         except sqlite3.OperationalError:
             raise  # the database, not the mail (disk full, I/O): never a reason to quarantine
         except Exception as exc:  # one bad mail must never stop the loop
             attempts = store.record_failure(folder, self._uidvalidity, item.uid, repr(exc))
-            log.exception("event=process_failed uid=%d message_id=%s attempt=%d error=%r",
-                          item.uid, mail.message_id, attempts, exc)
+            log.exception(
+                "event=process_failed uid=%d message_id=%s attempt=%d error=%r",
+                item.uid,
+                mail.message_id,
+                attempts,
+                exc,
+            )
             metrics.processed.labels("failed").inc()
             if attempts >= self.settings.limits.quarantine_after:
                 quarantine.append(item.uid)
@@ -335,15 +359,24 @@ class Daemon:
         self.processed += 1
         return True
 
-    def _after_commit(self, source: ImapSource, store: Store, done: list[int],
-                      quarantine: list[int], plans: list[pipeline.plan_mod.Plan]) -> None:
+    def _after_commit(
+        self,
+        source: ImapSource,
+        store: Store,
+        done: list[int],
+        quarantine: list[int],
+        plans: list[pipeline.plan_mod.Plan],
+    ) -> None:
         assert self.engine is not None
         for plan in plans:
             for line in plan.log_lines():
                 log.info(line)
             pipeline.record_corrections(self.engine, plan)
-            metrics.record_plan(plan.actions, [(e.kind, str(e.detail.get("reason", "")))
-                                               for e in plan.events], plan.new)
+            metrics.record_plan(
+                plan.actions,
+                [(e.kind, str(e.detail.get("reason", ""))) for e in plan.events],
+                plan.new,
+            )
         if self.outbox is not None and any(p.outgoing for p in plans):
             self.outbox.wake()
         if self.on_batch is not None:
@@ -357,8 +390,11 @@ class Daemon:
             with store.batch():
                 for uid in quarantine:
                     store.set_quarantined(self.settings.imap.folder, self._uidvalidity, uid)
-            log.error("event=quarantined uids=%s folder=%s", quarantine,
-                      self.settings.imap.quarantine_folder)
+            log.error(
+                "event=quarantined uids=%s folder=%s",
+                quarantine,
+                self.settings.imap.quarantine_folder,
+            )
 
     def _periodic(self, store: Store) -> None:
         """SLA reminders and escalations every `sla.check_interval` seconds."""
@@ -456,10 +492,15 @@ def _database_failure(store: Store, exc: sqlite3.OperationalError) -> StoreError
     never ends). The batch in hand was rolled back and nothing was marked on the server or
     queued for sending, so exiting loses nothing: systemd starts us again later (C02)."""
     event = "db_full" if "full" in str(exc) else "db_error"
-    log.error("event=%s path=%s error=%s (batch rolled back, nothing acknowledged; exiting)",
-              event, store.path, exc)
-    return StoreError(f"{store.path}: {exc}; stopped without acknowledging or marking the "
-                      "mail in hand")
+    log.error(
+        "event=%s path=%s error=%s (batch rolled back, nothing acknowledged; exiting)",
+        event,
+        store.path,
+        exc,
+    )
+    return StoreError(
+        f"{store.path}: {exc}; stopped without acknowledging or marking the mail in hand"
+    )
 
 
 def _header_block(raw: bytes) -> bytes:

@@ -45,27 +45,42 @@ class Sample:
 
 
 SAMPLES = (
-    Sample("Mario Rossi <mario.rossi@libero.it>", "mario.rossi@libero.it",
-           "Internet non funziona da ieri sera",
-           "Buongiorno,\nda ieri sera la fibra non va: la spia LOS del modem è rossa fissa e "
-           "non navigo più. Ho già spento e riacceso il router due volte.\n"
-           "Lavoro da casa, mi serve la linea entro domani.\n\nGrazie\nMario Rossi\n"
-           "Via Garibaldi 12, Bologna"),
-    Sample("Anna Verdi <anna.verdi@gmail.com>", "anna.verdi@gmail.com",
-           "La stampante non stampa più",
-           "Salve, da quando ho aggiornato il computer la mia stampante HP non stampa più "
-           "niente, dice 'driver non disponibile'. Come posso risolvere?\nAnna"),
-    Sample("John Miller <john.miller@outlook.com>", "john.miller@outlook.com",
-           "Charged twice on my last invoice",
-           "Hello,\nmy bank statement shows two debits of 29.90 EUR for the November invoice "
-           "of my fibre contract. Could you refund the second one?\n\nBest regards,\nJohn"),
-    Sample("Lucia Neri <lucia.neri@tiscali.it>", "lucia.neri@tiscali.it",
-           "Informazioni",
-           "Buonasera, vorrei sapere come funziona, grazie."),
-    Sample("Mail Delivery Robot <noreply@newsletter-example.com>",
-           "noreply@newsletter-example.com", "Le offerte della settimana",
-           "Scopri le nostre offerte!",
-           (("Precedence", "bulk"), ("List-Unsubscribe", "<mailto:unsub@newsletter-example.com>"))),
+    Sample(
+        "Mario Rossi <mario.rossi@libero.it>",
+        "mario.rossi@libero.it",
+        "Internet non funziona da ieri sera",
+        "Buongiorno,\nda ieri sera la fibra non va: la spia LOS del modem è rossa fissa e "
+        "non navigo più. Ho già spento e riacceso il router due volte.\n"
+        "Lavoro da casa, mi serve la linea entro domani.\n\nGrazie\nMario Rossi\n"
+        "Via Garibaldi 12, Bologna",
+    ),
+    Sample(
+        "Anna Verdi <anna.verdi@gmail.com>",
+        "anna.verdi@gmail.com",
+        "La stampante non stampa più",
+        "Salve, da quando ho aggiornato il computer la mia stampante HP non stampa più "
+        "niente, dice 'driver non disponibile'. Come posso risolvere?\nAnna",
+    ),
+    Sample(
+        "John Miller <john.miller@outlook.com>",
+        "john.miller@outlook.com",
+        "Charged twice on my last invoice",
+        "Hello,\nmy bank statement shows two debits of 29.90 EUR for the November invoice "
+        "of my fibre contract. Could you refund the second one?\n\nBest regards,\nJohn",
+    ),
+    Sample(
+        "Lucia Neri <lucia.neri@tiscali.it>",
+        "lucia.neri@tiscali.it",
+        "Informazioni",
+        "Buonasera, vorrei sapere come funziona, grazie.",
+    ),
+    Sample(
+        "Mail Delivery Robot <noreply@newsletter-example.com>",
+        "noreply@newsletter-example.com",
+        "Le offerte della settimana",
+        "Scopri le nostre offerte!",
+        (("Precedence", "bulk"), ("List-Unsubscribe", "<mailto:unsub@newsletter-example.com>")),
+    ),
 )
 
 
@@ -101,18 +116,35 @@ def _now_local() -> datetime:
 
 def _settings(imap: LabImap, smtp: LabSmtp, out: Path) -> config_mod.Settings:
     base = config_mod.load(sample_config())
-    imap_section = base.imap.model_copy(update={
-        "host": imap.host, "port": imap.port, "tls": "none", "username": IMAP_USER,
-        "password": config_mod.SecretStr(IMAP_PASSWORD), "poll_interval": 1.0, "timeout": 10.0,
-        "processed_folder": "", "idle": True})
-    smtp_section = base.smtp.model_copy(update={
-        "host": smtp.host, "port": smtp.port, "tls": "none", "username": "", "password": None,
-        "retry_base": 1.0})
+    imap_section = base.imap.model_copy(
+        update={
+            "host": imap.host,
+            "port": imap.port,
+            "tls": "none",
+            "username": IMAP_USER,
+            "password": config_mod.SecretStr(IMAP_PASSWORD),
+            "poll_interval": 1.0,
+            "timeout": 10.0,
+            "processed_folder": "",
+            "idle": True,
+        }
+    )
+    smtp_section = base.smtp.model_copy(
+        update={
+            "host": smtp.host,
+            "port": smtp.port,
+            "tls": "none",
+            "username": "",
+            "password": None,
+            "retry_base": 1.0,
+        }
+    )
     settings = pipeline.with_paths(base, state_dir=out / "state")
     metrics = settings.metrics.model_copy(update={"listen": ""})
     report = settings.report.model_copy(update={"to": ""})
-    return settings.model_copy(update={"imap": imap_section, "smtp": smtp_section,
-                                       "metrics": metrics, "report": report})
+    return settings.model_copy(
+        update={"imap": imap_section, "smtp": smtp_section, "metrics": metrics, "report": report}
+    )
 
 
 def run_demo(out: Path, *, quiet: bool = False) -> int:
@@ -123,8 +155,7 @@ def run_demo(out: Path, *, quiet: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     setup_logging("text", "INFO", stream=(out / "daemon.log").open("w", encoding="utf-8"))
     echo = click.echo
-    echo("mailcare demo: starting an IMAP server (pymap) and an SMTP sink (aiosmtpd) "
-         "on 127.0.0.1")
+    echo("mailcare demo: starting an IMAP server (pymap) and an SMTP sink (aiosmtpd) on 127.0.0.1")
     with LabImap({IMAP_USER: IMAP_PASSWORD}) as imap, LabSmtp(save_dir=out / "sent") as smtp:
         settings = _settings(imap, smtp, out)
         timeline = Timeline()
@@ -149,8 +180,9 @@ def _wait(condition: Callable[[], bool], timeout: float, message: str) -> None:
         time.sleep(0.02)
 
 
-def _deliver_and_settle(imap: LabImap, smtp: LabSmtp, daemon: Daemon, timeline: Timeline,
-                        raw: bytes) -> list[Received]:
+def _deliver_and_settle(
+    imap: LabImap, smtp: LabSmtp, daemon: Daemon, timeline: Timeline, raw: bytes
+) -> list[Received]:
     """Deliver one mail, wait until it is processed and its mail has reached the sink."""
     before_plans = len(timeline.plans)
     before_sent = len(smtp.received)
@@ -162,34 +194,50 @@ def _deliver_and_settle(imap: LabImap, smtp: LabSmtp, daemon: Daemon, timeline: 
     return smtp.received[before_sent:]
 
 
-def _conversation(imap: LabImap, smtp: LabSmtp, daemon: Daemon, timeline: Timeline,
-                  settings: config_mod.Settings, echo: Callable[[str], None]) -> None:
+def _conversation(
+    imap: LabImap,
+    smtp: LabSmtp,
+    daemon: Daemon,
+    timeline: Timeline,
+    settings: config_mod.Settings,
+    echo: Callable[[str], None],
+) -> None:
     echo("")
     step = 0
     for sample in SAMPLES:
         step += 1
         raw = _message(sample)
         sent = _deliver_and_settle(imap, smtp, daemon, timeline, raw)
-        _describe(step, f"{sample.name} writes: \"{sample.subject}\"", timeline.plans[-1],
-                  sent, echo)
+        _describe(step, f'{sample.name} writes: "{sample.subject}"', timeline.plans[-1], sent, echo)
     first = timeline.plans[0]
-    notice = next(r for r in smtp.received if _header(r.data, "X-Mailcare-Case") ==
-                  str(first.case) and r.rcpt_tos[0] != SAMPLES[0].sender)
+    notice = next(
+        r
+        for r in smtp.received
+        if _header(r.data, "X-Mailcare-Case") == str(first.case)
+        and r.rcpt_tos[0] != SAMPLES[0].sender
+    )
     owner = notice.rcpt_tos[0]
     reply = _agent_reply(notice, owner)
     step += 1
     sent = _deliver_and_settle(imap, smtp, daemon, timeline, reply)
-    _describe(step, f"{owner} answers from their mail client (quote and signature included)",
-              timeline.plans[-1], sent, echo)
+    _describe(
+        step,
+        f"{owner} answers from their mail client (quote and signature included)",
+        timeline.plans[-1],
+        sent,
+        echo,
+    )
     ack = next(r for r in smtp.received if r.rcpt_tos[0] == SAMPLES[0].sender)
     step += 1
     sent = _deliver_and_settle(imap, smtp, daemon, timeline, _customer_followup(ack))
-    _describe(step, f"{SAMPLES[0].name} replies to the acknowledgement", timeline.plans[-1],
-              sent, echo)
+    _describe(
+        step, f"{SAMPLES[0].name} replies to the acknowledgement", timeline.plans[-1], sent, echo
+    )
     step += 1
     sent = _deliver_and_settle(imap, smtp, daemon, timeline, _out_of_office(ack))
-    _describe(step, "an out-of-office robot answers one of our mails", timeline.plans[-1],
-              sent, echo)
+    _describe(
+        step, "an out-of-office robot answers one of our mails", timeline.plans[-1], sent, echo
+    )
 
 
 def _header(data: bytes, name: str) -> str:
@@ -248,8 +296,9 @@ def _out_of_office(ack: Received) -> bytes:
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def _describe(step: int, title: str, plan: Plan, sent: list[Received],
-              echo: Callable[[str], None]) -> None:
+def _describe(
+    step: int, title: str, plan: Plan, sent: list[Received], echo: Callable[[str], None]
+) -> None:
     echo(f"[{step}] {title}")
     case = f"case #{plan.case}" if plan.case else "no case"
     how = "new case" if plan.new else f"joined by {plan.matched_by}"
@@ -261,7 +310,7 @@ def _describe(step: int, title: str, plan: Plan, sent: list[Received],
         echo(f"    → owner: {row['owner'] or 'nobody available'}")
     for received in sent:
         subject = _header(received.data, "Subject")
-        echo(f"    → sent to {', '.join(received.rcpt_tos)}: \"{_decode(subject)}\"")
+        echo(f'    → sent to {", ".join(received.rcpt_tos)}: "{_decode(subject)}"')
     for reason in plan.reasons:
         echo(f"    · {reason}")
     echo("")
@@ -276,8 +325,7 @@ def _decode(value: str) -> str:
         return value
 
 
-def _print_summary(out: Path, settings: config_mod.Settings,
-                   echo: Callable[[str], None]) -> None:
+def _print_summary(out: Path, settings: config_mod.Settings, echo: Callable[[str], None]) -> None:
     from .store import Store
 
     store = Store(pipeline.state_db(settings))
@@ -299,9 +347,7 @@ def _write_config(out: Path, settings: config_mod.Settings) -> Path:
     root = sample_config().parent
     text = text.replace('state_dir = "state"', f'state_dir = "{settings.mailcare.state_dir}"')
     text = text.replace('templates_dir = "templates"', f'templates_dir = "{root / "templates"}"')
-    text = text.replace('examples_dir = "classifiers"',
-                        f'examples_dir = "{root / "classifiers"}"')
+    text = text.replace('examples_dir = "classifiers"', f'examples_dir = "{root / "classifiers"}"')
     path = out / "demo.toml"
     path.write_text(text, encoding="utf-8")
     return path
-

@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 from mailcare.config import ScopeCategory, Settings
 from mailcare.scope import (
     DEFAULT_MARGIN,
+    DEFAULT_MIN_WORDS,
     DEFAULT_THRESHOLD,
     Decision,
     Example,
@@ -73,6 +74,7 @@ def evaluate(
     route_categories: Collection[str] | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     margin: float = DEFAULT_MARGIN,
+    min_words: int = DEFAULT_MIN_WORDS,
     categories: Mapping[str, ScopeCategory] | None = None,
 ) -> dict[str, Any]:
     """Train on `train`, decide every mail of `test`, return the figures (see `score`).
@@ -86,10 +88,18 @@ def evaluate(
         in_categories=in_categories,
         route_categories=route_categories,
     )
-    model = ScopeModel.train(train, categories, kinds=kinds, threshold=threshold, margin=margin)
+    model = ScopeModel.train(
+        train, categories, kinds=kinds, threshold=threshold, margin=margin, min_words=min_words
+    )
     decisions, ms = decide_all(model, test)
     report = score(test, decisions, kinds)
-    report.update(train=len(train), ms_per_mail=round(ms, 3), threshold=threshold, margin=margin)
+    report.update(
+        train=len(train),
+        ms_per_mail=round(ms, 3),
+        threshold=threshold,
+        margin=margin,
+        min_words=min_words,
+    )
     return report
 
 
@@ -101,6 +111,7 @@ def cross_validate(
     route_categories: Collection[str] | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     margin: float = DEFAULT_MARGIN,
+    min_words: int = DEFAULT_MIN_WORDS,
     categories: Mapping[str, ScopeCategory] | None = None,
     folds: int = 5,
     seed: int = 0,
@@ -120,7 +131,9 @@ def cross_validate(
     for train_index, test_index in splitter.split(labels, labels):
         train = [examples[i] for i in train_index]
         test = [examples[i] for i in test_index]
-        model = ScopeModel.train(train, categories, kinds=kinds, threshold=threshold, margin=margin)
+        model = ScopeModel.train(
+            train, categories, kinds=kinds, threshold=threshold, margin=margin, min_words=min_words
+        )
         fold_decisions, ms = decide_all(model, test)
         ordered += test
         decisions += fold_decisions
@@ -326,6 +339,7 @@ def cli_eval(
         route_categories={k for k, v in kinds.items() if v == "route"},
         threshold=section.threshold,
         margin=section.margin,
+        min_words=section.min_words,
         categories=configured if use_rules else None,
     )
     report["rules"] = use_rules

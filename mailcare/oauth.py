@@ -21,8 +21,13 @@ class TokenError(Exception):
 
 
 class TokenCommand:
-    def __init__(self, command: str, *, default_ttl: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        command: str,
+        *,
+        default_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.command = command
         self.default_ttl = default_ttl
         self._clock = clock
@@ -45,8 +50,9 @@ class TokenCommand:
 
     def _run(self) -> tuple[str, float]:
         try:
-            done = subprocess.run(shlex.split(self.command), capture_output=True, text=True,
-                                  timeout=60, check=False)
+            done = subprocess.run(
+                shlex.split(self.command), capture_output=True, text=True, timeout=60, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise TokenError(f"oauth2_token_command: {exc}") from exc
         if done.returncode != 0:

@@ -81,8 +81,9 @@ class OutboxWorker:
 
     async def _main(self) -> None:
         store = self._store_factory()
-        sender = SmtpSender(self.section, password=self._password,
-                            token_command=self._token_command)
+        sender = SmtpSender(
+            self.section, password=self._password, token_command=self._token_command
+        )
         try:
             while not self._stop.is_set():
                 sent_any = await self.drain_once(store, sender)
@@ -134,8 +135,13 @@ class OutboxWorker:
         except SmtpPermanent as exc:
             store.outbox_failed(row, now, str(exc))
             self.stats.failed += 1
-            log.warning("case=%s action=send_failed kind=%s to=%s reason=%s",
-                        row.case_number, row.kind, ",".join(row.recipients), exc)
+            log.warning(
+                "case=%s action=send_failed kind=%s to=%s reason=%s",
+                row.case_number,
+                row.kind,
+                ",".join(row.recipients),
+                exc,
+            )
             return
         if self._outage:
             log.info("event=smtp_recovered")
@@ -144,9 +150,14 @@ class OutboxWorker:
         store.outbox_sent(row, self._clock(), refused)
         self.stats.sent += 1
         self.stats.by_kind[row.kind] = self.stats.by_kind.get(row.kind, 0) + 1
-        log.info("case=%s action=sent kind=%s to=%s message_id=%s%s", row.case_number, row.kind,
-                 ",".join(result.accepted), row.message_id,
-                 f" refused={','.join(refused)}" if refused else "")
+        log.info(
+            "case=%s action=sent kind=%s to=%s message_id=%s%s",
+            row.case_number,
+            row.kind,
+            ",".join(result.accepted),
+            row.message_id,
+            f" refused={','.join(refused)}" if refused else "",
+        )
         if self._on_sent is not None:
             self._on_sent(row, self._clock())
 
@@ -159,6 +170,10 @@ class OutboxWorker:
         store.outbox_retry(row, now, now + delay, error)
         self.stats.retried += 1
         if not self._outage:
-            log.warning("event=smtp_temporary_failure case=%s error=%s retry_in=%.0fs",
-                        row.case_number, error, delay)
+            log.warning(
+                "event=smtp_temporary_failure case=%s error=%s retry_in=%.0fs",
+                row.case_number,
+                error,
+                delay,
+            )
             self._outage = True

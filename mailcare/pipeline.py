@@ -136,9 +136,17 @@ def process(
 
 def _duplicate_facts() -> plan_mod.Facts:
     return plan_mod.Facts(
-        duplicate=True, next_case_number=0, case=None, case_row=None, customer_ids=(),
-        open_counts={}, last_assigned=None, previous_owner=None, sent_to_sender=(),
-        sent_for_case=(), suppressed_until=None,
+        duplicate=True,
+        next_case_number=0,
+        case=None,
+        case_row=None,
+        customer_ids=(),
+        open_counts={},
+        last_assigned=None,
+        previous_owner=None,
+        sent_to_sender=(),
+        sent_for_case=(),
+        suppressed_until=None,
     )
 
 

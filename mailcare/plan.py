@@ -143,8 +143,9 @@ class Plan:
     def log_lines(self) -> list[str]:
         """One line per decision, journald-friendly: `case=1042 action=ack to=… reason=…`."""
         why = self._why()
-        lines = [f"case={o.case} action={o.kind} to={','.join(o.to)} reason={why}"
-                 for o in self.outgoing]
+        lines = [
+            f"case={o.case} action={o.kind} to={','.join(o.to)} reason={why}" for o in self.outgoing
+        ]
         lines += [
             f"case={self.case} action={e.kind} reason={e.detail.get('reason', '')}"
             for e in self.events
@@ -288,9 +289,7 @@ def _send(
     message_id = tokens.message_id(
         env.secret, cfg.domain, case, kind.replace("_", "-"), f"{source_id}:{to}"
     )
-    reply_to = tokens.reply_address(
-        cfg.support_address, env.secret, case, reply_to_addressee or to
-    )
+    reply_to = tokens.reply_address(cfg.support_address, env.secret, case, reply_to_addressee or to)
     out = Outgoing(
         to=(to,),
         cc=cc,
@@ -349,8 +348,11 @@ def _may_autoreply(
     """RFC 3834 and our own limits: may an automatic mail go to this sender? Records why not."""
     lim = env.settings.limits
     reason = verdict.reason if not verdict.may_reply else ""
-    if not reason and mail.date is not None and mail.date.tzinfo is not None and (
-        env.now - mail.date.timestamp() > lim.ack_max_age_hours * 3600
+    if (
+        not reason
+        and mail.date is not None
+        and mail.date.tzinfo is not None
+        and (env.now - mail.date.timestamp() > lim.ack_max_age_hours * 3600)
     ):
         reason = "stale-mail"
     if not reason and facts.suppressed_until is not None:
@@ -359,8 +361,12 @@ def _may_autoreply(
         facts.sent_to_sender, env.now, max_count=lim.per_sender_max, window=lim.per_sender_window
     ):
         reason = "rate-limited:sender"
-    if not reason and case is not None and not loops.rate_ok(
-        facts.sent_for_case, env.now, max_count=lim.per_case_max, window=lim.per_case_window
+    if (
+        not reason
+        and case is not None
+        and not loops.rate_ok(
+            facts.sent_for_case, env.now, max_count=lim.per_case_max, window=lim.per_case_window
+        )
     ):
         reason = "rate-limited:case"
     if reason:
@@ -424,8 +430,16 @@ def _bounce(plan: Plan, mail: Mail, bounce: bounces.Bounce, facts: Facts, env: E
             "reason": "",
             "previous_owner": "",
         }
-        _send(plan, env, kind="owner_alert", case=case, to=owner, lang=_agent_lang(env, owner,
-              row), values=values, source_id=mail.message_id)
+        _send(
+            plan,
+            env,
+            kind="owner_alert",
+            case=case,
+            to=owner,
+            lang=_agent_lang(env, owner, row),
+            values=values,
+            source_id=mail.message_id,
+        )
     plan.act("none", "bounce recorded")
     return plan
 
@@ -451,8 +465,9 @@ def _scope(env: Env, mail: Mail) -> Scoped:
     decision = env.scope.decide(
         subject=mail.subject, text=mail.new_text, sender=mail.sender.addr if mail.sender else ""
     )
-    return Scoped(decision.kind, decision.category, decision.confidence, decision.reason,
-                  decision.queue)
+    return Scoped(
+        decision.kind, decision.category, decision.confidence, decision.reason, decision.queue
+    )
 
 
 def _new_case(
@@ -463,8 +478,11 @@ def _new_case(
     plan.case, plan.new = number, True
     customer = mail.sender.addr if mail.sender else ""
     lang = _language(env, mail)
-    scoped = _scope(env, mail) if not verdict.automatic else Scoped(
-        "unsure", "", 0.0, f"automatic mail ({verdict.kind})", "")
+    scoped = (
+        _scope(env, mail)
+        if not verdict.automatic
+        else Scoped("unsure", "", 0.0, f"automatic mail ({verdict.kind})", "")
+    )
     choice = owners.choose(
         env.settings.agents,
         policy=env.settings.owners.policy,
@@ -500,10 +518,19 @@ def _new_case(
         plan.meta["rr_last"] = choice.agent
     _inbound(plan, mail, env, "auto" if verdict.automatic else "customer")
     _participants(plan, env, number, mail, customer)
-    plan.event("case_opened", matched_by=match.matched_by, reason=match.reason,
-               linked_case=match.linked_case)
-    plan.event("scope", kind=scoped.kind, category=scoped.category,
-               confidence=round(scoped.confidence, 4), reason=scoped.reason)
+    plan.event(
+        "case_opened",
+        matched_by=match.matched_by,
+        reason=match.reason,
+        linked_case=match.linked_case,
+    )
+    plan.event(
+        "scope",
+        kind=scoped.kind,
+        category=scoped.category,
+        confidence=round(scoped.confidence, 4),
+        reason=scoped.reason,
+    )
     plan.event("assigned", owner=choice.agent, reason=choice.reason)
     _answer_new(plan, mail, facts, env, verdict, scoped, plan.new_case)
     return plan
@@ -542,15 +569,36 @@ def _answer_new(
             if owner_name and kind == "redirect"
             else ""
         )
-        _send(plan, env, kind=kind, case=case, to=customer, lang=lang,
-              values={**values, **extra}, source_id=mail.message_id,
-              in_reply_to=mail.message_id, references=refs, from_name=from_name)
+        _send(
+            plan,
+            env,
+            kind=kind,
+            case=case,
+            to=customer,
+            lang=lang,
+            values={**values, **extra},
+            source_id=mail.message_id,
+            in_reply_to=mail.message_id,
+            references=refs,
+            from_name=from_name,
+        )
     if scoped.kind == "route":
         category = env.settings.scope.categories[scoped.category]
-        _send(plan, env, kind="route_forward", case=case, to=category.address, lang=lang,
-              values={**values, "customer_text": mail.new_text or mail.text,
-                      "team": category.team or category.address},
-              source_id=mail.message_id, reply_to_addressee=category.address)
+        _send(
+            plan,
+            env,
+            kind="route_forward",
+            case=case,
+            to=category.address,
+            lang=lang,
+            values={
+                **values,
+                "customer_text": mail.new_text or mail.text,
+                "team": category.team or category.address,
+            },
+            source_id=mail.message_id,
+            reply_to_addressee=category.address,
+        )
     if owner:
         _notify_owner(plan, mail, env, row, scoped)
     elif not owner:
@@ -561,10 +609,18 @@ def _customer_answer(env: Env, scoped: Scoped, lang: str) -> tuple[str, dict[str
     cats = env.settings.scope.categories
     if scoped.kind == "out" and scoped.category in cats:
         texts = cats[scoped.category].text
-        text = texts.get(lang) or texts.get(env.settings.mailcare.default_language) or next(
-            iter(texts.values()))
-        return "redirect", {"understood": "", "reason": text.reason, "where": text.where,
-                            "tell": text.tell, "category": scoped.category}
+        text = (
+            texts.get(lang)
+            or texts.get(env.settings.mailcare.default_language)
+            or next(iter(texts.values()))
+        )
+        return "redirect", {
+            "understood": "",
+            "reason": text.reason,
+            "where": text.where,
+            "tell": text.tell,
+            "category": scoped.category,
+        }
     if scoped.kind == "route" and scoped.category in cats:
         category = cats[scoped.category]
         return "route_customer", {"team": category.team or category.address}
@@ -572,8 +628,7 @@ def _customer_answer(env: Env, scoped: Scoped, lang: str) -> tuple[str, dict[str
     return "ack", {"promise": promise, "unsure": scoped.kind == "unsure"}
 
 
-def _notify_owner(plan: Plan, mail: Mail, env: Env, row: Mapping[str, Any],
-                  scoped: Scoped) -> None:
+def _notify_owner(plan: Plan, mail: Mail, env: Env, row: Mapping[str, Any], scoped: Scoped) -> None:
     owner = str(row["owner"])
     case = int(row["number"])
     lang = _agent_lang(env, owner, row)
@@ -587,8 +642,17 @@ def _notify_owner(plan: Plan, mail: Mail, env: Env, row: Mapping[str, Any],
         "customer_text": mail.new_text or mail.text,
         "commands_help": commands.help_text(lang),
     }
-    _send(plan, env, kind="notify_owner", case=case, to=owner, lang=lang, values=values,
-          source_id=mail.message_id, reply_to_addressee=owner)
+    _send(
+        plan,
+        env,
+        kind="notify_owner",
+        case=case,
+        to=owner,
+        lang=lang,
+        values=values,
+        source_id=mail.message_id,
+        reply_to_addressee=owner,
+    )
 
 
 def _customer_followup(
@@ -625,9 +689,17 @@ def _customer_followup(
             "new_participant": sender if match.new_participant else "",
             "reopened": reopened,
         }
-        _send(plan, env, kind="forward_owner", case=case, to=str(owner),
-              lang=_agent_lang(env, str(owner), row), values=values,
-              source_id=mail.message_id, reply_to_addressee=str(owner))
+        _send(
+            plan,
+            env,
+            kind="forward_owner",
+            case=case,
+            to=str(owner),
+            lang=_agent_lang(env, str(owner), row),
+            values=values,
+            source_id=mail.message_id,
+            reply_to_addressee=str(owner),
+        )
     return plan
 
 
@@ -673,15 +745,21 @@ def _forward_request(mail: Mail, env: Env, agent: AgentSection) -> Any:
     if not (to_forward or first.startswith("#fwd")):
         return None
     fake = tokens.ReplyToken(case=0, addressee=agent.address, valid=True)
-    identity = verify_agent(mail, agents=env.settings.agents, token=fake, case=0,
-                            trusted_authserv_id=cfg.trusted_authserv_id)
+    identity = verify_agent(
+        mail,
+        agents=env.settings.agents,
+        token=fake,
+        case=0,
+        trusted_authserv_id=cfg.trusted_authserv_id,
+    )
     if identity.agent is None:
         return None
     return forwarded_sender(mail)
 
 
-def _forwarded_case(plan: Plan, mail: Mail, match: Match, facts: Facts, env: Env,
-                    agent: AgentSection, original: Any) -> Plan:
+def _forwarded_case(
+    plan: Plan, mail: Mail, match: Match, facts: Facts, env: Env, agent: AgentSection, original: Any
+) -> Plan:
     """Open the case for the original sender, owned by the forwarding agent; no ack."""
     number = facts.next_case_number
     plan.case, plan.new = number, True
@@ -691,24 +769,39 @@ def _forwarded_case(plan: Plan, mail: Mail, match: Match, facts: Facts, env: Env
 
     subject = strip_prefixes(mail.subject) or mail.subject
     plan.new_case = {
-        "number": number, "subject": subject, "subject_key": mail.subject_key,
-        "customer": original.addr, "customer_name": original.name or original.addr,
-        "owner": agent.address, "state": "open", "language": lang, "queue": "",
-        "scope_kind": "in", "scope_category": "", "scope_confidence": 1.0,
-        "scope_reason": f"forwarded in by {agent.name}", "linked_case": None,
-        "claimed_case": None, "is_auto": 0, "created_at": env.now, "last_customer_at": env.now,
+        "number": number,
+        "subject": subject,
+        "subject_key": mail.subject_key,
+        "customer": original.addr,
+        "customer_name": original.name or original.addr,
+        "owner": agent.address,
+        "state": "open",
+        "language": lang,
+        "queue": "",
+        "scope_kind": "in",
+        "scope_category": "",
+        "scope_confidence": 1.0,
+        "scope_reason": f"forwarded in by {agent.name}",
+        "linked_case": None,
+        "claimed_case": None,
+        "is_auto": 0,
+        "created_at": env.now,
+        "last_customer_at": env.now,
     }
     _inbound(plan, mail, env, "agent")
     plan.participants += [(number, original.addr, "customer"), (number, agent.address, "agent")]
-    plan.event("case_opened", actor=agent.address, matched_by="forward",
-               reason=f"forwarded by {agent.address} for {original.addr}")
+    plan.event(
+        "case_opened",
+        actor=agent.address,
+        matched_by="forward",
+        reason=f"forwarded by {agent.address} for {original.addr}",
+    )
     plan.event("assigned", owner=agent.address, reason="forwarding agent owns the case")
     plan.act("none", "case opened from a forwarded mail")
     return plan
 
 
-def _hold_spoof(plan: Plan, mail: Mail, match: Match, facts: Facts, env: Env,
-                reason: str) -> Plan:
+def _hold_spoof(plan: Plan, mail: Mail, match: Match, facts: Facts, env: Env, reason: str) -> Plan:
     """A mail claiming to be an agent that fails verification: held, logged, never relayed."""
     claimed = mail.sender.addr if mail.sender else ""
     _inbound(plan, mail, env, "held", reason)
@@ -717,11 +810,27 @@ def _hold_spoof(plan: Plan, mail: Mail, match: Match, facts: Facts, env: Env,
     row = facts.case_row or {}
     owner = row.get("owner")
     if plan.case is not None and owner:
-        values = {**_common(env, plan.case, row), "event": "spoof_held", "claimed": claimed,
-                  "reason": reason, "agent_name": "", "held_text": "", "bounced_address": "",
-                  "bounce_status": "", "previous_owner": ""}
-        _send(plan, env, kind="owner_alert", case=plan.case, to=str(owner),
-              lang=_agent_lang(env, str(owner), row), values=values, source_id=mail.message_id)
+        values = {
+            **_common(env, plan.case, row),
+            "event": "spoof_held",
+            "claimed": claimed,
+            "reason": reason,
+            "agent_name": "",
+            "held_text": "",
+            "bounced_address": "",
+            "bounce_status": "",
+            "previous_owner": "",
+        }
+        _send(
+            plan,
+            env,
+            kind="owner_alert",
+            case=plan.case,
+            to=str(owner),
+            lang=_agent_lang(env, str(owner), row),
+            values=values,
+            source_id=mail.message_id,
+        )
     return plan
 
 
@@ -746,9 +855,17 @@ def _agent_reply(plan: Plan, mail: Mail, facts: Facts, env: Env, agent: AgentSec
     return plan
 
 
-def _run_command(plan: Plan, source_id: str, facts: Facts, env: Env, agent: AgentSection,
-                 command: commands.Command, row: dict[str, Any], results: list[str],
-                 errors: list[str]) -> None:
+def _run_command(
+    plan: Plan,
+    source_id: str,
+    facts: Facts,
+    env: Env,
+    agent: AgentSection,
+    command: commands.Command,
+    row: dict[str, Any],
+    results: list[str],
+    errors: list[str],
+) -> None:
     name = command.name
     owner = row.get("owner")
     may_manage = owner in (None, agent.address) or agent.lead
@@ -803,25 +920,48 @@ def _find_agent(env: Env, text: str) -> AgentSection | None:
     return None
 
 
-def _set_owner(plan: Plan, env: Env, row: dict[str, Any], new_owner: str, actor: str,
-               source_id: str) -> None:
+def _set_owner(
+    plan: Plan, env: Env, row: dict[str, Any], new_owner: str, actor: str, source_id: str
+) -> None:
     previous = row.get("owner")
     plan.case_update["owner"] = new_owner
     plan.expect_owner = previous
     row["owner"] = new_owner
     plan.event("owner_changed", actor=actor, previous=previous, owner=new_owner)
     if new_owner != actor and plan.case is not None:
-        values = {**_common(env, plan.case, row), "event": "transfer",
-                  "previous_owner": _name_of(env, previous) or (previous or ""),
-                  "agent_name": _name_of(env, actor), "held_text": "", "claimed": "",
-                  "reason": "", "bounced_address": "", "bounce_status": ""}
-        _send(plan, env, kind="owner_alert", case=plan.case, to=new_owner,
-              lang=_agent_lang(env, new_owner, row), values=values, source_id=source_id,
-              reply_to_addressee=new_owner)
+        values = {
+            **_common(env, plan.case, row),
+            "event": "transfer",
+            "previous_owner": _name_of(env, previous) or (previous or ""),
+            "agent_name": _name_of(env, actor),
+            "held_text": "",
+            "claimed": "",
+            "reason": "",
+            "bounced_address": "",
+            "bounce_status": "",
+        }
+        _send(
+            plan,
+            env,
+            kind="owner_alert",
+            case=plan.case,
+            to=new_owner,
+            lang=_agent_lang(env, new_owner, row),
+            values=values,
+            source_id=source_id,
+            reply_to_addressee=new_owner,
+        )
 
 
-def _take(plan: Plan, source_id: str, facts: Facts, env: Env, agent: AgentSection,
-          row: dict[str, Any], results: list[str]) -> None:
+def _take(
+    plan: Plan,
+    source_id: str,
+    facts: Facts,
+    env: Env,
+    agent: AgentSection,
+    row: dict[str, Any],
+    results: list[str],
+) -> None:
     """#take moves ownership, except right after another agent's #take (S12 race)."""
     owner = row.get("owner")
     if owner == agent.address:
@@ -831,17 +971,34 @@ def _take(plan: Plan, source_id: str, facts: Facts, env: Env, agent: AgentSectio
     if recent and recent[0] != agent.address and env.now - recent[1] < env.take_window:
         plan.event("take_refused", actor=agent.address, owner=owner)
         assert plan.case is not None
-        _send(plan, env, kind="take_conflict", case=plan.case, to=agent.address,
-              lang=_agent_lang(env, agent.address, row), values=_common(env, plan.case, row),
-              source_id=source_id, reply_to_addressee=agent.address)
+        _send(
+            plan,
+            env,
+            kind="take_conflict",
+            case=plan.case,
+            to=agent.address,
+            lang=_agent_lang(env, agent.address, row),
+            values=_common(env, plan.case, row),
+            source_id=source_id,
+            reply_to_addressee=agent.address,
+        )
         return
     _set_owner(plan, env, row, agent.address, agent.address, source_id)
     plan.event("take", actor=agent.address, previous=owner)
     results.append("the case is now yours")
 
 
-def _rescope(plan: Plan, source_id: str, facts: Facts, env: Env, agent: AgentSection,
-             row: dict[str, Any], arg: str, results: list[str], errors: list[str]) -> None:
+def _rescope(
+    plan: Plan,
+    source_id: str,
+    facts: Facts,
+    env: Env,
+    agent: AgentSection,
+    row: dict[str, Any],
+    arg: str,
+    results: list[str],
+    errors: list[str],
+) -> None:
     kind, _, category = arg.strip().partition(" ")
     category = category.strip()
     cats = env.settings.scope.categories
@@ -849,8 +1006,13 @@ def _rescope(plan: Plan, source_id: str, facts: Facts, env: Env, agent: AgentSec
         errors.append(f"#scope {arg}: expected in [category], out <category> or route <category>")
         return
     queue = cats[category].queue or category if category in cats else ""
-    update = {"scope_kind": kind, "scope_category": category, "scope_confidence": 1.0,
-              "scope_reason": f"set by {agent.name}", "queue": queue}
+    update = {
+        "scope_kind": kind,
+        "scope_category": category,
+        "scope_confidence": 1.0,
+        "scope_reason": f"set by {agent.name}",
+        "queue": queue,
+    }
     plan.case_update.update(update)
     row.update(update)
     plan.event("scope_corrected", actor=agent.address, kind=kind, category=category)
@@ -863,19 +1025,36 @@ def _rescope(plan: Plan, source_id: str, facts: Facts, env: Env, agent: AgentSec
         scoped = Scoped(kind, category, 1.0, "set by agent", queue)
         answer_kind, extra = _customer_answer(env, scoped, str(row.get("language") or "it"))
         values = {**_common(env, plan.case, row), **extra}
-        _send(plan, env, kind=answer_kind, case=plan.case, to=customer,
-              lang=str(row.get("language") or env.settings.mailcare.default_language),
-              values=values, source_id=source_id,
-              in_reply_to=facts.customer_ids[-1] if facts.customer_ids else "",
-              references=facts.customer_ids[-10:],
-              from_name=f"{agent.name} ({env.settings.mailcare.display_name})")
+        _send(
+            plan,
+            env,
+            kind=answer_kind,
+            case=plan.case,
+            to=customer,
+            lang=str(row.get("language") or env.settings.mailcare.default_language),
+            values=values,
+            source_id=source_id,
+            in_reply_to=facts.customer_ids[-1] if facts.customer_ids else "",
+            references=facts.customer_ids[-10:],
+            from_name=f"{agent.name} ({env.settings.mailcare.display_name})",
+        )
         if kind == "route":
             target = cats[category]
-            _send(plan, env, kind="route_forward", case=plan.case, to=target.address,
-                  lang=str(row.get("language") or "it"),
-                  values={**values, "customer_text": _customer_text(facts),
-                          "team": target.team or target.address},
-                  source_id=source_id, reply_to_addressee=target.address)
+            _send(
+                plan,
+                env,
+                kind="route_forward",
+                case=plan.case,
+                to=target.address,
+                lang=str(row.get("language") or "it"),
+                values={
+                    **values,
+                    "customer_text": _customer_text(facts),
+                    "team": target.team or target.address,
+                },
+                source_id=source_id,
+                reply_to_addressee=target.address,
+            )
         plan.case_update["state"] = "redirected" if kind == "out" else "routed"
 
 
@@ -883,20 +1062,49 @@ def _customer_text(facts: Facts) -> str:
     return str((facts.case_row or {}).get("first_text", ""))
 
 
-def _command_reply(plan: Plan, mail: Mail, env: Env, agent: AgentSection, row: Mapping[str, Any],
-                   results: list[str], errors: list[str], unknown: list[str]) -> None:
+def _command_reply(
+    plan: Plan,
+    mail: Mail,
+    env: Env,
+    agent: AgentSection,
+    row: Mapping[str, Any],
+    results: list[str],
+    errors: list[str],
+    unknown: list[str],
+) -> None:
     assert plan.case is not None
     if not (errors or unknown):
         return
     lang = _agent_lang(env, agent.address, row)
-    values = {**_common(env, plan.case, row), "results": results, "errors": errors,
-              "unknown": unknown, "commands_help": commands.help_text(lang)}
-    _send(plan, env, kind="command_reply", case=plan.case, to=agent.address, lang=lang,
-          values=values, source_id=mail.message_id, reply_to_addressee=agent.address)
+    values = {
+        **_common(env, plan.case, row),
+        "results": results,
+        "errors": errors,
+        "unknown": unknown,
+        "commands_help": commands.help_text(lang),
+    }
+    _send(
+        plan,
+        env,
+        kind="command_reply",
+        case=plan.case,
+        to=agent.address,
+        lang=lang,
+        values=values,
+        source_id=mail.message_id,
+        reply_to_addressee=agent.address,
+    )
 
 
-def _relay_or_hold(plan: Plan, mail: Mail, facts: Facts, env: Env, agent: AgentSection,
-                   row: dict[str, Any], body: str) -> None:
+def _relay_or_hold(
+    plan: Plan,
+    mail: Mail,
+    facts: Facts,
+    env: Env,
+    agent: AgentSection,
+    row: dict[str, Any],
+    body: str,
+) -> None:
     """Only the owner's words reach the customer (or, by policy, the replier takes over)."""
     assert plan.case is not None
     owner = row.get("owner")
@@ -909,26 +1117,58 @@ def _relay_or_hold(plan: Plan, mail: Mail, facts: Facts, env: Env, agent: AgentS
     _relay(plan, mail, facts, env, agent, row, body)
 
 
-def _hold_other_agent(plan: Plan, mail: Mail, env: Env, agent: AgentSection,
-                      row: Mapping[str, Any], body: str) -> None:
+def _hold_other_agent(
+    plan: Plan, mail: Mail, env: Env, agent: AgentSection, row: Mapping[str, Any], body: str
+) -> None:
     assert plan.case is not None
     owner = str(row.get("owner"))
     plan.event("held_other_agent", actor=agent.address, owner=owner)
     plan.act("hold", f"{agent.address} does not own the case")
     base = _common(env, plan.case, row)
-    _send(plan, env, kind="not_owner", case=plan.case, to=agent.address,
-          lang=_agent_lang(env, agent.address, row), values={**base, "held_text": body},
-          source_id=mail.message_id, reply_to_addressee=agent.address)
-    alert = {**base, "event": "other_agent_reply", "agent_name": agent.name, "held_text": body,
-             "claimed": "", "reason": "", "bounced_address": "", "bounce_status": "",
-             "previous_owner": ""}
-    _send(plan, env, kind="owner_alert", case=plan.case, to=owner,
-          lang=_agent_lang(env, owner, row), values=alert, source_id=mail.message_id,
-          reply_to_addressee=owner)
+    _send(
+        plan,
+        env,
+        kind="not_owner",
+        case=plan.case,
+        to=agent.address,
+        lang=_agent_lang(env, agent.address, row),
+        values={**base, "held_text": body},
+        source_id=mail.message_id,
+        reply_to_addressee=agent.address,
+    )
+    alert = {
+        **base,
+        "event": "other_agent_reply",
+        "agent_name": agent.name,
+        "held_text": body,
+        "claimed": "",
+        "reason": "",
+        "bounced_address": "",
+        "bounce_status": "",
+        "previous_owner": "",
+    }
+    _send(
+        plan,
+        env,
+        kind="owner_alert",
+        case=plan.case,
+        to=owner,
+        lang=_agent_lang(env, owner, row),
+        values=alert,
+        source_id=mail.message_id,
+        reply_to_addressee=owner,
+    )
 
 
-def _relay(plan: Plan, mail: Mail, facts: Facts, env: Env, agent: AgentSection,
-           row: dict[str, Any], body: str) -> None:
+def _relay(
+    plan: Plan,
+    mail: Mail,
+    facts: Facts,
+    env: Env,
+    agent: AgentSection,
+    row: dict[str, Any],
+    body: str,
+) -> None:
     """Send the agent's words to the customer from `Agent (display_name) <support>`."""
     assert plan.case is not None
     from .mail import attachments_payloads
@@ -940,11 +1180,21 @@ def _relay(plan: Plan, mail: Mail, facts: Facts, env: Env, agent: AgentSection,
     lang = str(row.get("language") or env.settings.mailcare.default_language)
     ids = facts.customer_ids
     values = {**_common(env, plan.case, row), "body": body, "agent_name": agent.name}
-    _send(plan, env, kind="relay", case=plan.case, to=customer, lang=lang, values=values,
-          source_id=mail.message_id, automatic=False,
-          from_name=f"{agent.name} ({env.settings.mailcare.display_name})",
-          in_reply_to=ids[-1] if ids else "", references=ids[-10:],
-          attachments=tuple(attachments_payloads(mail.raw)))
+    _send(
+        plan,
+        env,
+        kind="relay",
+        case=plan.case,
+        to=customer,
+        lang=lang,
+        values=values,
+        source_id=mail.message_id,
+        automatic=False,
+        from_name=f"{agent.name} ({env.settings.mailcare.display_name})",
+        in_reply_to=ids[-1] if ids else "",
+        references=ids[-10:],
+        attachments=tuple(attachments_payloads(mail.raw)),
+    )
     update: dict[str, Any] = {"state": "waiting", "last_agent_at": env.now}
     if not row.get("first_response_at"):
         update["first_response_at"] = env.now
@@ -955,8 +1205,9 @@ def _relay(plan: Plan, mail: Mail, facts: Facts, env: Env, agent: AgentSection,
 # -- admin commands from the CLI -------------------------------------------------------------
 
 
-def admin_command(row: Mapping[str, Any], action: str, arg: str, facts: Facts, env: Env,
-                  actor: str = "admin") -> tuple[Plan, list[str]]:
+def admin_command(
+    row: Mapping[str, Any], action: str, arg: str, facts: Facts, env: Env, actor: str = "admin"
+) -> tuple[Plan, list[str]]:
     """`mailcare assign|close|reopen|scope N …`: the same rules as an agent's commands, run by
     an administrator (who may manage any case). Returns the plan and what it did or why not."""
     number = int(row["number"])

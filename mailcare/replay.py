@@ -66,8 +66,9 @@ def replay_paths(settings: Settings, paths: list[Path], *, fresh: bool) -> Itera
             store.close()
 
 
-def _one(store: Store, engine: pipeline.Engine, label: str, raw: bytes,
-         clock: float) -> dict[str, Any]:
+def _one(
+    store: Store, engine: pipeline.Engine, label: str, raw: bytes, clock: float
+) -> dict[str, Any]:
     mail = pipeline.parse(engine, raw)
     now = mail.date.timestamp() if mail.date is not None and mail.date.tzinfo else clock
     with store.batch():

@@ -50,6 +50,10 @@ MODEL_VERSION = "1"
 KINDS = ("in", "out", "route")
 DEFAULT_THRESHOLD = 0.75
 DEFAULT_MARGIN = 0.4
+# "Can you help? It doesn't work any more" says nothing about whose problem it is, yet its
+# phrasing can look like a foreign one. Below this many words nobody is sent away.
+DEFAULT_MIN_WORDS = 12
+_WORDS = re.compile(r"\w+")
 # How many model terms a reason names; enough for an agent to see why, short for a log line.
 REASON_TERMS = 3
 
@@ -520,6 +524,7 @@ class ScopeModel:
     categories: dict[str, ScopeCategory] = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
     margin: float = DEFAULT_MARGIN
+    min_words: int = DEFAULT_MIN_WORDS
     examples: int = 0
     origin: str = "trained"  # or "cache": which path load_or_train took
     _predictor: _Predictor | None = field(default=None, init=False, repr=False)
@@ -533,6 +538,7 @@ class ScopeModel:
         kinds: Mapping[str, str] | None = None,
         threshold: float = DEFAULT_THRESHOLD,
         margin: float = DEFAULT_MARGIN,
+        min_words: int = DEFAULT_MIN_WORDS,
     ) -> ScopeModel:
         """Fit on the examples; `kinds` names in/out/route when there are no categories.
 
@@ -541,7 +547,7 @@ class ScopeModel:
         known = dict(categories or {})
         kind_map = kind_map_for(examples, known, kinds)
         fitted = fit(examples, kind_map)
-        return cls(fitted, kind_map, known, threshold, margin, examples=len(examples))
+        return cls(fitted, kind_map, known, threshold, margin, min_words, len(examples))
 
     @property
     def classes(self) -> list[str]:
@@ -590,25 +596,35 @@ class ScopeModel:
             return Decision("unsure", "", 0.0, "model: empty mail", "")
         vector = self.predictor.encode(doc)
         proba, groups = self._probabilities(vector)
-        return self.decide_proba(proba, groups, vector)
+        return self.decide_proba(proba, groups, vector, words=len(_WORDS.findall(doc)))
 
     def decide_proba(
-        self, proba: np.ndarray, groups: Mapping[str, float], vector: Vector
+        self,
+        proba: np.ndarray,
+        groups: Mapping[str, float],
+        vector: Vector,
+        *,
+        words: int = DEFAULT_MIN_WORDS,
     ) -> Decision:
-        """The decision for one mail's probabilities; `vector` only feeds the reason."""
-        kind = self._kind(groups)
+        """The decision for one mail's probabilities and length; `vector` feeds the reason."""
+        kind = self._kind(groups, words >= self.min_words)
         category, p_category = self._best(proba, None if kind == "unsure" else kind)
         terms = self._terms(vector, category) if category else []
         reason = _model_reason(kind, groups, category, p_category, terms)
+        if kind == "unsure" and words < self.min_words and self._kind(groups, True) != "unsure":
+            reason += f"; too short to send away ({words} words)"
         if kind == "unsure":
             return Decision("unsure", category, round(max(groups.values()), 4), reason, "")
         queue = _queue(category, self.categories.get(category)) if kind == "in" else ""
         return Decision(kind, category, round(groups[kind], 4), reason, queue)
 
-    def _kind(self, groups: Mapping[str, float]) -> str:
-        """In wins ties and doubt: out/route need the threshold AND a margin over in."""
+    def _kind(self, groups: Mapping[str, float], long_enough: bool) -> str:
+        """In wins ties and doubt: out/route need the threshold, a margin over in, and a mail
+        long enough to say what it is about."""
         if groups["in"] >= self.threshold:
             return "in"
+        if not long_enough:
+            return "unsure"
         for kind in ("out", "route"):
             p = groups[kind]
             if p >= self.threshold and p - groups["in"] >= self.margin:
@@ -786,11 +802,17 @@ def load_or_train(section: ScopeSection, cache_dir: Path) -> ScopeModel:
     fitted = _read_cache(path)
     if fitted is not None:
         kinds = kind_map_for(examples, categories, None)
-        model = ScopeModel(fitted, kinds, categories, section.threshold, section.margin)
+        model = ScopeModel(
+            fitted, kinds, categories, section.threshold, section.margin, section.min_words
+        )
         model.examples, model.origin = len(examples), "cache"
     else:
         model = ScopeModel.train(
-            examples, categories, threshold=section.threshold, margin=section.margin
+            examples,
+            categories,
+            threshold=section.threshold,
+            margin=section.margin,
+            min_words=section.min_words,
         )
         _write_cache(path, model.fitted)
     model.warm_up()

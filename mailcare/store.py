@@ -225,17 +225,19 @@ class Store:
             raise StoreError(f"{path}: no database (run `mailcare run` once to create it)")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             self.db = Database(conn)
             self.db.enable_wal()
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=OFF")
             migrations.apply(self.db)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: {exc} (the database is damaged; restore it from a "
-                             "backup or move it aside; mailcare never recreates it silently)"
-                             ) from exc
+            raise StoreError(
+                f"{path}: {exc} (the database is damaged; restore it from a "
+                "backup or move it aside; mailcare never recreates it silently)"
+            ) from exc
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -332,8 +334,7 @@ class Store:
 
     def set_quarantined(self, folder: str, uidvalidity: int, uid: int) -> None:
         self.db.execute(
-            "UPDATE failures SET quarantined = 1 WHERE folder = ? AND uidvalidity = ? "
-            "AND uid = ?",
+            "UPDATE failures SET quarantined = 1 WHERE folder = ? AND uidvalidity = ? AND uid = ?",
             [folder, uidvalidity, uid],
         )
 
@@ -438,12 +439,24 @@ class Store:
         return (str(row[0]), float(row[1])) if row else None
 
     def open_counts(self) -> dict[str, int]:
+        """Open cases per owner (owners with none are left out).
+
+        Asked for every new case, so it must not read every case ever opened: a GROUP BY
+        walks the whole (owner, state) index, 40 ms at 200,000 cases. This walks the few
+        distinct owners with one index seek each (a "loose index scan") and counts only
+        their open cases."""
         marks = ",".join("?" * len(OPEN_STATES))
         return {
             str(owner): int(count)
             for owner, count in self.db.execute(
-                f"SELECT owner, COUNT(*) FROM cases WHERE state IN ({marks}) "
-                "AND owner IS NOT NULL GROUP BY owner",
+                "WITH RECURSIVE owners(owner) AS ("
+                "  SELECT MIN(owner) FROM cases UNION ALL"
+                "  SELECT (SELECT MIN(owner) FROM cases WHERE owner > owners.owner)"
+                "  FROM owners WHERE owner IS NOT NULL), "
+                "counts(owner, n) AS (SELECT owner, (SELECT COUNT(*) FROM cases"
+                f"  WHERE cases.owner = owners.owner AND state IN ({marks}))"
+                "  FROM owners WHERE owner IS NOT NULL) "
+                "SELECT owner, n FROM counts WHERE n > 0",
                 list(OPEN_STATES),
             )
         }
@@ -456,16 +469,21 @@ class Store:
         ).fetchone()
         return str(row[0]) if row else None
 
-    def automatic_sent(self, *, to_addr: str | None = None, case: int | None = None,
-                       since: float) -> list[float]:
+    def automatic_sent(
+        self, *, to_addr: str | None = None, case: int | None = None, since: float
+    ) -> list[float]:
         """Times of automatic mails queued to an address or for a case since `since`."""
         if to_addr is not None:
-            sql = ("SELECT created_at FROM outbox WHERE to_addr = ? AND automatic = 1 "
-                   "AND created_at >= ?")
+            sql = (
+                "SELECT created_at FROM outbox WHERE to_addr = ? AND automatic = 1 "
+                "AND created_at >= ?"
+            )
             args: list[Any] = [to_addr, since]
         else:
-            sql = ("SELECT created_at FROM outbox WHERE case_number = ? AND automatic = 1 "
-                   "AND created_at >= ?")
+            sql = (
+                "SELECT created_at FROM outbox WHERE case_number = ? AND automatic = 1 "
+                "AND created_at >= ?"
+            )
             args = [case, since]
         return [float(r[0]) for r in self.db.execute(sql, args)]
 
@@ -503,8 +521,13 @@ class Store:
         for event in plan.events:
             self.db.execute(
                 "INSERT INTO events(case_number, at, kind, actor, detail) VALUES(?, ?, ?, ?, ?)",
-                [event.case, now, event.kind, event.actor, json.dumps(event.detail,
-                                                                     ensure_ascii=False)],
+                [
+                    event.case,
+                    now,
+                    event.kind,
+                    event.actor,
+                    json.dumps(event.detail, ensure_ascii=False),
+                ],
             )
         for out in plan.outgoing:
             self._queue(out, now)
@@ -540,9 +563,19 @@ class Store:
             "INSERT OR IGNORE INTO outbox(case_number, kind, message_id, envelope_from, "
             "recipients, to_addr, automatic, data, status, next_at, created_at) "
             "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [out.case, out.kind, out.message_id, out.envelope_from, json.dumps(list(out.to)),
-             out.to[0] if out.to else "", int(out.automatic), out.data,
-             "shadow" if out.shadow else "pending", now, now],
+            [
+                out.case,
+                out.kind,
+                out.message_id,
+                out.envelope_from,
+                json.dumps(list(out.to)),
+                out.to[0] if out.to else "",
+                int(out.automatic),
+                out.data,
+                "shadow" if out.shadow else "pending",
+                now,
+                now,
+            ],
         )
 
     # -- the outbox ----------------------------------------------------------------------
@@ -560,8 +593,17 @@ class Store:
             [now, limit],
         ).fetchall()
         return [
-            OutboxRow(int(r[0]), r[1], str(r[2]), str(r[3]), str(r[4]),
-                      tuple(json.loads(r[5])), bytes(r[6]), int(r[7]), float(r[8]))
+            OutboxRow(
+                int(r[0]),
+                r[1],
+                str(r[2]),
+                str(r[3]),
+                str(r[4]),
+                tuple(json.loads(r[5])),
+                bytes(r[6]),
+                int(r[7]),
+                float(r[8]),
+            )
             for r in rows
         ]
 
@@ -607,9 +649,19 @@ class Store:
             )
             self.db.execute(
                 "INSERT INTO events(case_number, at, kind, actor, detail) VALUES(?, ?, ?, ?, ?)",
-                [row.case_number, now, f"send_failed:{row.kind}", "mailcare",
-                 json.dumps({"message_id": row.message_id, "to": list(row.recipients),
-                             "error": error[:500]})],
+                [
+                    row.case_number,
+                    now,
+                    f"send_failed:{row.kind}",
+                    "mailcare",
+                    json.dumps(
+                        {
+                            "message_id": row.message_id,
+                            "to": list(row.recipients),
+                            "error": error[:500],
+                        }
+                    ),
+                ],
             )
 
     # -- reading for people --------------------------------------------------------------
