@@ -344,15 +344,19 @@ def write_config(
         "metrics": {"listen": ""},
         "report": {"to": "", "every": ""},
     }
+    reference = (ROOT / "mailcare.toml").read_text(encoding="utf-8")
+    scope = ""
+    if "\n[scope]" in reference:
+        settings["scope"] = {"examples_dir": str(ROOT / "classifiers")}
+    else:  # older checkouts ship the rules as an example to paste
+        scope = (ROOT / "classifiers" / "scope.example.toml").read_text(encoding="utf-8")
+        scope = scope.replace(
+            'examples_dir = "classifiers"', f'examples_dir = "{ROOT / "classifiers"}"'
+        )
     for table, values in tables.items():
         settings.setdefault(table, {}).update(values)
-    text = with_settings((ROOT / "mailcare.toml").read_text(encoding="utf-8"), **settings)
-    scope = (ROOT / "classifiers" / "scope.example.toml").read_text(encoding="utf-8")
-    scope = scope.replace(
-        'examples_dir = "classifiers"', f'examples_dir = "{ROOT / "classifiers"}"'
-    )
     path = folder / "mailcare.toml"
-    path.write_text(text + "\n" + scope, encoding="utf-8")
+    path.write_text(with_settings(reference, **settings) + "\n" + scope, encoding="utf-8")
     return path
 
 

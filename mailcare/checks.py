@@ -46,7 +46,9 @@ def _classifier(settings: Settings, echo: Callable[[str], None]) -> list[str]:
     try:
         from .scope import load_or_train
 
-        model = load_or_train(settings.scope, settings.mailcare.state_dir / "models")
+        from .pipeline import corrections_file, model_dir
+
+        model = load_or_train(settings.scope, model_dir(settings), corrections_file(settings))
     except (OSError, ValueError) as exc:
         return [f"scope: {exc}"]
     echo(f"scope: model ready ({getattr(model, 'summary', lambda: 'trained')()})")

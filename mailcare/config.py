@@ -314,10 +314,17 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _agents(self) -> Settings:
         seen: set[str] = set()
+        queues = {c.queue or name for name, c in self.scope.categories.items()}
         for agent in self.agents:
             if agent.address in seen:
                 raise ValueError(f"agents: {agent.address} is listed twice")
             seen.add(agent.address)
+            unknown = [q for q in agent.queues if queues and q not in queues]
+            if unknown:
+                raise ValueError(
+                    f"agents: {agent.name}: queues {unknown} name no scope category's queue "
+                    f"(known: {', '.join(sorted(queues))})"
+                )
         return self
 
     def agent(self, address: str) -> AgentSection | None:

@@ -217,12 +217,14 @@ def _conversation(
         and r.rcpt_tos[0] != SAMPLES[0].sender
     )
     owner = notice.rcpt_tos[0]
-    reply = _agent_reply(notice, owner)
+    agent = settings.agent(owner)
+    reply = _agent_reply(notice, owner, agent.name if agent else owner)
     step += 1
     sent = _deliver_and_settle(imap, smtp, daemon, timeline, reply)
     _describe(
         step,
-        f"{owner} answers from their mail client (quote and signature included)",
+        f"{name_of(settings, owner)} answers from their mail client (quote and signature "
+        "included)",
         timeline.plans[-1],
         sent,
         echo,
@@ -240,18 +242,23 @@ def _conversation(
     )
 
 
+def name_of(settings: config_mod.Settings, address: str) -> str:
+    agent = settings.agent(address)
+    return f"{agent.name} <{address}>" if agent else address
+
+
 def _header(data: bytes, name: str) -> str:
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     return str(msg.get(name, ""))
 
 
-def _agent_reply(notice: Received, owner: str) -> bytes:
+def _agent_reply(notice: Received, owner: str, name: str) -> bytes:
     """What Thunderbird would send when the owner hits Reply on the notification."""
     original = email.message_from_bytes(notice.data, policy=email.policy.default)
     body = original.get_body(("plain",))
     quoted = "\n".join("> " + line for line in (body.get_content() if body else "").splitlines())
     msg = EmailMessage()
-    msg["From"] = f"Giulia Rossi <{owner}>"
+    msg["From"] = f"{name} <{owner}>"
     msg["To"] = str(original["Reply-To"])
     msg["Subject"] = "Re: " + str(original["Subject"])
     msg["Date"] = format_datetime(_now_local())
@@ -262,7 +269,7 @@ def _agent_reply(notice: Received, owner: str) -> bytes:
         "Buongiorno signor Rossi,\n\nho verificato la sua linea: c'è un guasto in centrale che "
         "i tecnici stanno già riparando. Il servizio tornerà entro oggi alle 18; se dopo "
         "quell'ora la spia LOS è ancora rossa, mi risponda qui e mando un tecnico.\n\n"
-        "Cordiali saluti,\nGiulia\n\n-- \nGiulia Rossi\nAssistenza tecnica ExampleNet\n\n"
+        f"Cordiali saluti,\n{name.split()[0]}\n\n-- \n{name}\nAssistenza tecnica ExampleNet\n\n"
         f"Il giorno oggi, Assistenza ExampleNet ha scritto:\n{quoted}\n"
     )
     return msg.as_bytes(policy=email.policy.SMTP)
@@ -310,10 +317,31 @@ def _describe(
         echo(f"    → owner: {row['owner'] or 'nobody available'}")
     for received in sent:
         subject = _header(received.data, "Subject")
+        kind = _header(received.data, "X-Mailcare-Kind") or ""
         echo(f'    → sent to {", ".join(received.rcpt_tos)}: "{_decode(subject)}"')
+        if kind in SHOWN or (not kind and _shows_text(received, plan)):
+            for line in _body(received.data).strip().splitlines()[:14]:
+                echo(f"      │ {line}")
     for reason in plan.reasons:
         echo(f"    · {reason}")
     echo("")
+
+
+SHOWN = ("ack", "redirect", "relay")
+
+
+def _shows_text(received: Received, plan: Plan) -> bool:
+    """Print what the customer reads: the ack, the redirect and relayed replies."""
+    message_id = _header(received.data, "Message-ID").strip("<>")
+    return any(
+        o.message_id == message_id and o.kind in SHOWN for o in plan.outgoing
+    )
+
+
+def _body(data: bytes) -> str:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    part = msg.get_body(("plain",)) if isinstance(msg, EmailMessage) else None
+    return part.get_content() if part is not None else ""
 
 
 def _decode(value: str) -> str:

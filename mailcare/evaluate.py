@@ -290,7 +290,9 @@ def cli_train(settings: Settings) -> str:
     section = settings.scope
     state_dir = settings.mailcare.state_dir
     started = time.perf_counter()
-    model = load_or_train(section, state_dir)
+    from .pipeline import corrections_file, model_dir
+
+    model = load_or_train(section, model_dir(settings), corrections_file(settings))
     seconds = time.perf_counter() - started
     examples = load_examples(section.examples_dir)
     key = cache_key(examples, dict(section.categories))
@@ -299,7 +301,7 @@ def cli_train(settings: Settings) -> str:
     per = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
     return (
         f"scope model {source} in {seconds:.1f} s: {model.examples} examples from "
-        f"{section.examples_dir} ({per}); cache {state_dir / f'scope-{key[:12]}….joblib'}"
+        f"{section.examples_dir} ({per}); cache {model_dir(settings) / f'scope-{key[:12]}….joblib'}"
     )
 
 

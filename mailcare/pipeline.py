@@ -48,7 +48,9 @@ class Engine:
         if train and settings.scope.categories:
             from .scope import load_or_train
 
-            model = load_or_train(settings.scope, cfg.state_dir / "models")
+            model = load_or_train(
+                settings.scope, model_dir(settings), corrections_file(settings)
+            )
         return cls(settings, load_secret(settings), templates, BusinessHours(settings.hours), model)
 
     @property
@@ -197,7 +199,7 @@ def record_corrections(engine: Engine, plan: plan_mod.Plan) -> None:
         return
     from .scope import Example, append_example
 
-    path = engine.settings.scope.examples_dir / "corrections.jsonl"
+    path = corrections_file(engine.settings)
     for subject, body, category in plan.corrections:
         try:
             append_example(path, Example(subject=subject, body=body, category=category))
@@ -216,6 +218,15 @@ def scratch_copy(source: Path, target: Path) -> None:
     finally:
         src.close()
         dst.close()
+
+
+def model_dir(settings: Settings) -> Path:
+    return settings.mailcare.state_dir / "models"
+
+
+def corrections_file(settings: Settings) -> Path:
+    """Owners' #scope corrections: training examples kept in the (writable) state folder."""
+    return settings.mailcare.state_dir / "corrections.jsonl"
 
 
 def state_db(settings: Settings) -> Path:

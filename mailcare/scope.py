@@ -4,14 +4,15 @@ A wrong "not ours" costs a customer while a wrong "ours" costs an agent a minute
 decision is lopsided on purpose: a rule hit is certain (admins write only rules they would
 sign), the model must clear `threshold` to decide at all, the in-categories' probabilities
 are summed before they are compared (five small "ours" beat one middling "not ours"), and
-"not ours" or "route" must also beat "ours" by `margin`. Everything else is `unsure` and a
-person looks.
+"not ours" or "route" must also beat "ours" by `margin`, in a mail of at least `min_words`.
+Everything else is `unsure` and a person looks.
 
-The model is scikit-learn, trained in seconds from the JSONL examples in
-`classifiers/`: word 1-2-grams and character 2-5-grams (so Italian inflections, English and
-typos all land on shared features) feeding a linear SVM whose scores are calibrated into
-probabilities by cross-validation. Only the bottom of the module (`load_or_train`) touches
-files; the rest works on plain strings.
+The model is scikit-learn, trained in seconds from the JSONL examples in `classifiers/`:
+word 1-2-grams and character 2-5-grams (so Italian inflections, English and typos all land
+on shared features) feeding two linear SVMs, one per category and one per kind, whose
+scores are calibrated into probabilities on cross-validated scores. Only the bottom of the
+module (`load_examples`, `append_example`, `load_or_train`) touches files; the rest works
+on plain strings.
 """
 
 from __future__ import annotations
@@ -789,13 +790,19 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) == b"\n"
 
 
-def load_or_train(section: ScopeSection, cache_dir: Path) -> ScopeModel:
+def load_or_train(
+    section: ScopeSection, cache_dir: Path, corrections: Path | None = None
+) -> ScopeModel:
     """The model for this config: from `cache_dir` when the content hash matches, else trained.
 
+    `corrections` is the JSONL file owners' `#scope` corrections are appended to (in the
+    writable state folder, since the examples folder may be read-only under systemd).
     Only `cache_dir/scope-<sha256>.joblib` is ever unpickled, and only a file this function
     wrote; a damaged one is replaced. Older cache files are removed after a new one lands.
     """
     examples = load_examples(section.examples_dir)
+    if corrections is not None and corrections.is_file():
+        examples += load_examples(corrections)
     categories = dict(section.categories)
     key = cache_key(examples, categories)
     path = cache_dir / f"{CACHE_PREFIX}{key}{CACHE_SUFFIX}"
