@@ -44,9 +44,8 @@ def _classifier(settings: Settings, echo: Callable[[str], None]) -> list[str]:
         echo("scope: no categories configured; every new case goes to a person")
         return []
     try:
-        from .scope import load_or_train
-
         from .pipeline import corrections_file, model_dir
+        from .scope import load_or_train
 
         model = load_or_train(settings.scope, model_dir(settings), corrections_file(settings))
     except (OSError, ValueError) as exc:

@@ -287,11 +287,10 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def cli_train(settings: Settings) -> str:
     """`mailcare train`: train (or reuse the cache) and say what the daemon will use."""
-    section = settings.scope
-    state_dir = settings.mailcare.state_dir
-    started = time.perf_counter()
     from .pipeline import corrections_file, model_dir
 
+    section = settings.scope
+    started = time.perf_counter()
     model = load_or_train(section, model_dir(settings), corrections_file(settings))
     seconds = time.perf_counter() - started
     examples = load_examples(section.examples_dir)
