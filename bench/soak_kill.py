@@ -278,7 +278,7 @@ def _check_stored(soak: Soak, figures: list[tuple[str, Any]], problems: list[str
     missing = [mid for mid in delivered if stored[mid] == 0]
     twice = [mid for mid, n in stored.items() if n > 1]
     on_server = soak.lab.status(soak.user)["messages"]
-    mix = ", ".join(f"{kind} {n}" for kind, n in sorted(soak.kinds.items()))
+    mix = _counts(soak.kinds)
     figures += [
         ("delivered mails", f"{len(soak.delivered)} ({mix})"),
         ("stored exactly once", sum(1 for mid in delivered if stored[mid] == 1)),
@@ -299,18 +299,19 @@ def _check_stored(soak: Soak, figures: list[tuple[str, Any]], problems: list[str
 def _check_acks(soak: Soak, figures: list[tuple[str, Any]], problems: list[str]) -> None:
     cases = [r[0] for r in query(soak, "SELECT number FROM cases")]
     marks = ",".join("?" * len(ACK_KINDS))
-    acked = {
-        r[0]
-        for r in query(
-            soak,
-            f"SELECT case_number FROM outbox WHERE kind IN ({marks}) AND status = 'sent'",
-            *ACK_KINDS,
+    sent_rows = query(
+        soak,
+        f"SELECT case_number, message_id FROM outbox WHERE kind IN ({marks}) AND status = 'sent'",
+        *ACK_KINDS,
+    )
+    acked = {case for case, _ in sent_rows}
+    reasons = {
+        case: json.loads(detail).get("reason", "")
+        for case, detail in query(
+            soak, "SELECT case_number, detail FROM events WHERE kind = 'suppressed_autoreply'"
         )
     }
-    reasons = {
-        r[0]
-        for r in query(soak, "SELECT case_number FROM events WHERE kind = 'suppressed_autoreply'")
-    }
+    why = Counter(reason.partition(":")[0] for case, reason in reasons.items() if case not in acked)
     neither = [case for case in cases if case not in acked and case not in reasons]
     copies: Counter[str] = Counter()
     ids_per_case: defaultdict[str, set[str]] = defaultdict(set)
@@ -320,10 +321,11 @@ def _check_acks(soak: Soak, figures: list[tuple[str, Any]], problems: list[str])
             copies[mid] += 1
             ids_per_case[field_of(received.data, "X-Mailcare-Case")].add(mid)
     two_acks = sorted(case for case, ids in ids_per_case.items() if len(ids) > 1)
+    unseen = [mid for _, mid in sent_rows if f"<{mid}>" not in copies]
     figures += [
         ("cases", len(cases)),
         ("  with their ack sent", len(acked)),
-        ("  with a recorded reason instead", len(reasons - acked)),
+        ("  with a recorded reason instead", f"{sum(why.values())} ({_counts(why)})"),
         ("  with neither", len(neither)),
         ("acks at the sink", f"{sum(copies.values())} copies of {len(copies)} Message-IDs"),
         ("  resent with the same Message-ID", sum(n - 1 for n in copies.values())),
@@ -333,6 +335,12 @@ def _check_acks(soak: Soak, figures: list[tuple[str, Any]], problems: list[str])
         problems.append(f"{len(neither)} cases without ack or reason, e.g. {neither[:5]}")
     if two_acks:
         problems.append(f"cases with two different acks: {two_acks[:5]}")
+    if unseen:
+        problems.append(f"{len(unseen)} acks recorded as sent never reached the sink")
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in counter.most_common())
 
 
 def _check_owners(soak: Soak, figures: list[tuple[str, Any]], problems: list[str]) -> None:

@@ -61,6 +61,7 @@ class OutboxWorker:
         self._thread: threading.Thread | None = None
         self.stats = OutboxStats()
         self._outage = False
+        self._extra: list[SmtpSender] = []  # the connections beyond the first, while busy
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
@@ -88,11 +89,18 @@ class OutboxWorker:
             while not self._stop.is_set():
                 sent_any = await self.drain_once(store, sender)
                 if not sent_any:
+                    await self._close_extra()
                     await asyncio.to_thread(self._wake.wait, 1.0)
                     self._wake.clear()
         finally:
+            await self._close_extra()
             await sender.close()
             store.close()
+
+    async def _close_extra(self) -> None:
+        extra, self._extra = self._extra, []
+        for client in extra:
+            await client.close()
 
     async def drain_once(self, store: Store, sender: SmtpSender, limit: int = 200) -> bool:
         """Send every due row once; True when something was attempted."""
@@ -107,11 +115,14 @@ class OutboxWorker:
                     break
             return True
         # Rows from due_outbox are at most one per case, so sending them concurrently keeps
-        # each case's order. Extra connections are opened lazily and closed after the burst.
-        senders = [sender] + [
-            SmtpSender(self.section, password=self._password, token_command=self._token_command)
-            for _ in range(min(parallel, len(rows)) - 1)
-        ]
+        # each case's order. Extra connections are opened lazily and kept while the outbox
+        # has work (a backlog drains in many bursts); they close when it runs empty.
+        wanted = min(parallel, len(rows)) - 1
+        while len(self._extra) < wanted:
+            self._extra.append(
+                SmtpSender(self.section, password=self._password, token_command=self._token_command)
+            )
+        senders = [sender, *self._extra[:wanted]]
         queue: asyncio.Queue[OutboxRow] = asyncio.Queue()
         for row in rows:
             queue.put_nowait(row)
@@ -121,8 +132,6 @@ class OutboxWorker:
                 await self._send_one(store, client, queue.get_nowait())
 
         await asyncio.gather(*(work(client) for client in senders))
-        for extra in senders[1:]:
-            await extra.close()
         return True
 
     async def _send_one(self, store: Store, sender: SmtpSender, row: OutboxRow) -> None:

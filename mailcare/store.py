@@ -203,6 +203,14 @@ def m002_messages_created(db: Database) -> None:
     db.execute("CREATE INDEX messages_created ON messages(created_at, direction)")
 
 
+@migrations()
+def m003_outbox_pending(db: Database) -> None:
+    """The outbox's next rows are read in queue order from this index of pending rows only,
+    so a backlog of thousands costs a few index steps per row, not a scan and a sort of
+    every pending row each time (70 ms per 200 rows with 20,000 pending)."""
+    db.execute("CREATE INDEX outbox_pending ON outbox(id) WHERE status = 'pending'")
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
@@ -585,7 +593,7 @@ class Store:
         mails are never reordered (a later one waits while an earlier one retries)."""
         rows = self.db.execute(
             "SELECT o.id, o.case_number, o.kind, o.message_id, o.envelope_from, o.recipients, "
-            "o.data, o.attempts, o.created_at FROM outbox o "
+            "o.data, o.attempts, o.created_at FROM outbox o INDEXED BY outbox_pending "
             "WHERE o.status = 'pending' AND o.next_at <= ? AND NOT EXISTS ("
             "  SELECT 1 FROM outbox e WHERE e.status = 'pending' AND e.id < o.id "
             "  AND e.case_number IS o.case_number AND o.case_number IS NOT NULL) "

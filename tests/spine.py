@@ -73,7 +73,7 @@ policy = "round_robin"
 """
     if scope:
         sample = (ROOT / "mailcare.toml").read_text(encoding="utf-8")
-        text += "\n" + sample[sample.index("[scope]"):].replace(
+        text += "\n" + sample[sample.index("\n[scope]\n"):].replace(
             'examples_dir = "classifiers"', f'examples_dir = "{ROOT / "classifiers"}"')
     return text
 

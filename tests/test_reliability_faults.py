@@ -575,7 +575,7 @@ def paren_from(count: int) -> bytes:
 
 
 def hostile_then_normal(
-    rig: Rig, hostile: bytes, message_id: str, **tables: dict[str, Any]
+    rig: Rig, hostile: bytes, message_id: str, **tables: Any
 ) -> tuple[Daemon, float]:
     """Deliver the hostile mail and a normal one after it; the normal one must be answered.
     Returns the daemon and the seconds the pair took."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import ssl
@@ -180,6 +181,7 @@ async def test_sink_restart_between_sends_reconnects(fault_proxy: Callable[..., 
         sender = SmtpSender(section(proxy.host, proxy.port), password=None)
         await sender.send("support@lab.test", ["a@example.test"], MESSAGE)
         proxy.reset()
+        await asyncio.sleep(0.3)  # let the reset reach the client's socket first
         await sender.send("support@lab.test", ["b@example.test"], MESSAGE)
         await sender.close()
         assert [m.rcpt_tos[0] for m in sink.wait_for(2, 2)] == ["a@example.test", "b@example.test"]
