@@ -356,17 +356,24 @@ def _decode(value: str) -> str:
 def _print_summary(out: Path, settings: config_mod.Settings, echo: Callable[[str], None]) -> None:
     from .store import Store
 
+    from .report import write_report
+
     store = Store(pipeline.state_db(settings))
     try:
         rows = store.cases()
+        write_report(settings, store, out / "report.html", 7 * 86400.0, time.time())
     finally:
         store.close()
     echo(f"{len(rows)} cases in {pipeline.state_db(settings)}:")
     for row in reversed(rows):
         echo(f"  #{row['number']} {row['state']:<10} {row['owner'] or '-':<28} {row['subject']}")
     echo("")
-    echo(f"sent mails: {out / 'sent'}    daemon log: {out / 'daemon.log'}")
-    echo(f"inspect: mailcare case 1000 --config {_write_config(out, settings)}")
+    config = _write_config(out, settings)
+    echo(f"sent mails:  {out / 'sent'}")
+    echo(f"daemon log:  {out / 'daemon.log'}")
+    echo(f"report:      {out / 'report.html'}")
+    echo(f"inspect:     mailcare case 1000 --config {config}")
+    echo(f"             mailcare stats --config {config}")
 
 
 def _write_config(out: Path, settings: config_mod.Settings) -> Path:
