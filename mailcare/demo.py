@@ -223,8 +223,7 @@ def _conversation(
     sent = _deliver_and_settle(imap, smtp, daemon, timeline, reply)
     _describe(
         step,
-        f"{name_of(settings, owner)} answers from their mail client (quote and signature "
-        "included)",
+        f"{name_of(settings, owner)} answers from their mail client (quote and signature included)",
         timeline.plans[-1],
         sent,
         echo,
@@ -333,9 +332,7 @@ SHOWN = ("ack", "redirect", "relay")
 def _shows_text(received: Received, plan: Plan) -> bool:
     """Print what the customer reads: the ack, the redirect and relayed replies."""
     message_id = _header(received.data, "Message-ID").strip("<>")
-    return any(
-        o.message_id == message_id and o.kind in SHOWN for o in plan.outgoing
-    )
+    return any(o.message_id == message_id and o.kind in SHOWN for o in plan.outgoing)
 
 
 def _body(data: bytes) -> str:

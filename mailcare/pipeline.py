@@ -48,9 +48,7 @@ class Engine:
         if train and settings.scope.categories:
             from .scope import load_or_train
 
-            model = load_or_train(
-                settings.scope, model_dir(settings), corrections_file(settings)
-            )
+            model = load_or_train(settings.scope, model_dir(settings), corrections_file(settings))
         return cls(settings, load_secret(settings), templates, BusinessHours(settings.hours), model)
 
     @property

@@ -28,8 +28,18 @@ AGENTS = (("Giulia Rossi", "giulia@examplenet.it"), ("Marco Bianchi", "marco@exa
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def config_text(imap_host: str, imap_port: int, user: str, password: str, smtp_host: str,
-                smtp_port: int, state_dir: Path, *, extra: str = "", scope: bool = False) -> str:
+def config_text(
+    imap_host: str,
+    imap_port: int,
+    user: str,
+    password: str,
+    smtp_host: str,
+    smtp_port: int,
+    state_dir: Path,
+    *,
+    extra: str = "",
+    scope: bool = False,
+) -> str:
     """A complete TOML config for the lab. Without `scope` no model is trained (fast)."""
     agents = "".join(
         f'\n[[agents]]\nname = "{name}"\naddress = "{address}"\n' for name, address in AGENTS
@@ -41,7 +51,7 @@ display_name = "Assistenza ExampleNet"
 company = "ExampleNet"
 case_tag = "EX"
 state_dir = "{state_dir}"
-templates_dir = "{ROOT / 'templates'}"
+templates_dir = "{ROOT / "templates"}"
 secret = "test-secret-0123456789"
 
 [imap]
@@ -73,8 +83,9 @@ policy = "round_robin"
 """
     if scope:
         sample = (ROOT / "mailcare.toml").read_text(encoding="utf-8")
-        text += "\n" + sample[sample.index("\n[scope]\n"):].replace(
-            'examples_dir = "classifiers"', f'examples_dir = "{ROOT / "classifiers"}"')
+        text += "\n" + sample[sample.index("\n[scope]\n") :].replace(
+            'examples_dir = "classifiers"', f'examples_dir = "{ROOT / "classifiers"}"'
+        )
     return text
 
 
@@ -83,9 +94,12 @@ def write_config(path: Path, **kwargs: Any) -> Path:
     return path
 
 
-def customer_mail(sender: str = "mario.rossi@libero.it", subject: str = "Internet non va",
-                  body: str = "Da ieri sera la fibra non funziona, la spia è rossa.",
-                  **headers: str) -> bytes:
+def customer_mail(
+    sender: str = "mario.rossi@libero.it",
+    subject: str = "Internet non va",
+    body: str = "Da ieri sera la fibra non funziona, la spia è rossa.",
+    **headers: str,
+) -> bytes:
     msg = EmailMessage()
     msg["From"] = f"Cliente <{sender}>"
     msg["To"] = headers.pop("To", SUPPORT)
@@ -98,8 +112,7 @@ def customer_mail(sender: str = "mario.rossi@libero.it", subject: str = "Interne
     return msg.as_bytes(policy=email.policy.SMTP)
 
 
-def reply_to(sent: bytes, sender: str, body: str, prefix: str = "Re: ",
-             **headers: str) -> bytes:
+def reply_to(sent: bytes, sender: str, body: str, prefix: str = "Re: ", **headers: str) -> bytes:
     """A reply as a mail client writes it: to the Reply-To, threaded, with the quote."""
     original = email.message_from_bytes(sent, policy=email.policy.default)
     msg = EmailMessage()
@@ -156,7 +169,8 @@ def start_process(config_path: Path, env: dict[str, str] | None = None) -> subpr
     """`mailcare run` as a separate process, the way systemd starts it."""
     return subprocess.Popen(
         [sys.executable, "-m", "mailcare.cli", "run", "--config", str(config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
 
@@ -172,8 +186,11 @@ def db(state_dir: Path) -> Store:
 
 
 def acks_to(received: list[Any], address: str) -> list[Any]:
-    return [r for r in received if address in r.rcpt_tos and
-            header(r.data, "Auto-Submitted").startswith("auto-replied")]
+    return [
+        r
+        for r in received
+        if address in r.rcpt_tos and header(r.data, "Auto-Submitted").startswith("auto-replied")
+    ]
 
 
 # -- reliability helpers (tests/test_reliability_*.py, bench/soak_kill.py) -------------------
@@ -200,8 +217,9 @@ def with_settings(text: str, **tables: Mapping[str, Any]) -> str:
         if header_line not in (line.strip() for line in lines):
             lines += ["", header_line]
         start = next(i for i, line in enumerate(lines) if line.strip() == header_line) + 1
-        end = next((i for i in range(start, len(lines)) if lines[i].lstrip().startswith("[")),
-                   len(lines))
+        end = next(
+            (i for i in range(start, len(lines)) if lines[i].lstrip().startswith("[")), len(lines)
+        )
         kept = [line for line in lines[start:end] if line.partition("=")[0].strip() not in values]
         lines[start:end] = [f"{key} = {toml_value(value)}" for key, value in values.items()] + kept
     return "\n".join(lines) + "\n"
@@ -216,13 +234,25 @@ class Rig:
         self.state = tmp / "state"
         self.path = tmp / "mailcare.toml"
 
-    def config(self, *, imap_port: int | None = None, smtp_port: int | None = None,
-               password: str = "secret", scope: bool = False,
-               **tables: Mapping[str, Any]) -> Path:
+    def config(
+        self,
+        *,
+        imap_port: int | None = None,
+        smtp_port: int | None = None,
+        password: str = "secret",
+        scope: bool = False,
+        **tables: Mapping[str, Any],
+    ) -> Path:
         text = config_text(
-            imap_host="127.0.0.1", imap_port=imap_port or self.imap.port, user=self.user,
-            password=password, smtp_host=self.sink.host, smtp_port=smtp_port or self.sink.port,
-            state_dir=self.state, scope=scope)
+            imap_host="127.0.0.1",
+            imap_port=imap_port or self.imap.port,
+            user=self.user,
+            password=password,
+            smtp_host=self.sink.host,
+            smtp_port=smtp_port or self.sink.port,
+            state_dir=self.state,
+            scope=scope,
+        )
         self.path.write_text(with_settings(text, **tables), encoding="utf-8")
         return self.path
 
@@ -233,8 +263,7 @@ class Rig:
         """Read the daemon's database (read-only, a fresh connection each time)."""
         import sqlite3
 
-        conn = sqlite3.connect(f"file:{self.state / 'mailcare.db'}?mode=ro", uri=True,
-                               timeout=30)
+        conn = sqlite3.connect(f"file:{self.state / 'mailcare.db'}?mode=ro", uri=True, timeout=30)
         try:
             return conn.execute(sql, args).fetchall()
         finally:
@@ -254,8 +283,12 @@ class Rig:
         time.sleep(0.3)
 
     def events(self, kind: str) -> list[dict[str, Any]]:
-        return [{"case": case, **json.loads(detail)} for case, detail in self.rows(
-            "SELECT case_number, detail FROM events WHERE kind = ? ORDER BY id", kind)]
+        return [
+            {"case": case, **json.loads(detail)}
+            for case, detail in self.rows(
+                "SELECT case_number, detail FROM events WHERE kind = ? ORDER BY id", kind
+            )
+        ]
 
 
 def with_top_headers(raw: bytes, *lines: str) -> bytes:
@@ -285,12 +318,14 @@ class Watched:
         return "".join(list(self._lines))
 
     def wait_for(self, text: str, timeout: float = 20.0) -> None:
-        wait_until(lambda: text in self.output or self.process.poll() is not None,
-                   timeout, repr(text))
+        wait_until(
+            lambda: text in self.output or self.process.poll() is not None, timeout, repr(text)
+        )
         if text not in self.output:
             self._reader.join(5)
-            assert text in self.output, f"exited ({self.process.returncode}) without {text!r}:" \
-                                        f"\n{self.output[-3000:]}"
+            assert text in self.output, (
+                f"exited ({self.process.returncode}) without {text!r}:\n{self.output[-3000:]}"
+            )
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far, from /proc (no psutil needed)."""

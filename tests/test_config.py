@@ -71,8 +71,7 @@ def test_route_needs_an_address(tmp_path: Path) -> None:
 
 def test_duplicate_agent(tmp_path: Path) -> None:
     text = (
-        '[[agents]]\nname = "A"\naddress = "a@x.it"\n'
-        '[[agents]]\nname = "B"\naddress = "A@x.it"\n'
+        '[[agents]]\nname = "A"\naddress = "a@x.it"\n[[agents]]\nname = "B"\naddress = "A@x.it"\n'
     )
     with pytest.raises(config.ConfigError, match="listed twice"):
         config.load(_write(tmp_path, text))

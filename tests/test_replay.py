@@ -20,15 +20,44 @@ from spine import customer_mail, reply_to, write_config
 from mailcare.cli import main
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-NOT_MAIL = {".py", ".rb", ".t", ".sh", ".json", ".md", ".rst", ".pl", ".pm", ".txt~", ".c",
-            ".h", ".el", ".gpg", ".asc", ".key", ".pem", ".cfg", ".in", ".js", ".css", ".html"}
+NOT_MAIL = {
+    ".py",
+    ".rb",
+    ".t",
+    ".sh",
+    ".json",
+    ".md",
+    ".rst",
+    ".pl",
+    ".pm",
+    ".txt~",
+    ".c",
+    ".h",
+    ".el",
+    ".gpg",
+    ".asc",
+    ".key",
+    ".pem",
+    ".cfg",
+    ".in",
+    ".js",
+    ".css",
+    ".html",
+}
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    return write_config(tmp_path / "mailcare.toml", imap_host="127.0.0.1", imap_port=1,
-                        user="u", password="p", smtp_host="127.0.0.1", smtp_port=1,
-                        state_dir=tmp_path / "state")
+    return write_config(
+        tmp_path / "mailcare.toml",
+        imap_host="127.0.0.1",
+        imap_port=1,
+        user="u",
+        password="p",
+        smtp_host="127.0.0.1",
+        smtp_port=1,
+        state_dir=tmp_path / "state",
+    )
 
 
 def _replay(config: Path, *paths: Path, fresh: bool = True) -> list[dict[str, object]]:
@@ -41,13 +70,19 @@ def _replay(config: Path, *paths: Path, fresh: bool = True) -> list[dict[str, ob
 
 
 def _conversation(tmp_path: Path) -> list[bytes]:
-    first = customer_mail(sender="anna@example.org", subject="Linea lenta",
-                          message_id="<a1@example.org>")
-    follow = customer_mail(sender="anna@example.org", subject="Re: Linea lenta",
-                           message_id="<a2@example.org>", In_Reply_To="<a1@example.org>",
-                           References="<a1@example.org>")
-    other = customer_mail(sender="bob@example.org", subject="Fattura doppia",
-                          message_id="<b1@example.org>")
+    first = customer_mail(
+        sender="anna@example.org", subject="Linea lenta", message_id="<a1@example.org>"
+    )
+    follow = customer_mail(
+        sender="anna@example.org",
+        subject="Re: Linea lenta",
+        message_id="<a2@example.org>",
+        In_Reply_To="<a1@example.org>",
+        References="<a1@example.org>",
+    )
+    other = customer_mail(
+        sender="bob@example.org", subject="Fattura doppia", message_id="<b1@example.org>"
+    )
     return [first, follow, other]
 
 
@@ -81,8 +116,7 @@ def test_mbox_and_maildir_give_the_same_answer(tmp_path: Path, config: Path) -> 
     shutil.rmtree(maildir / "tmp")  # a copied Maildir may lack tmp/
     from_mbox = _replay(config, tmp_path / "in.mbox")
     from_maildir = _replay(config, maildir)
-    assert [r["case"] for r in from_mbox] == [r["case"] for r in from_maildir] == [1000, 1000,
-                                                                                  1001]
+    assert [r["case"] for r in from_mbox] == [r["case"] for r in from_maildir] == [1000, 1000, 1001]
 
 
 def test_fresh_is_deterministic(tmp_path: Path, config: Path) -> None:
@@ -116,8 +150,9 @@ def test_reply_to_our_ack_threads_by_token(tmp_path: Path, config: Path) -> None
 @pytest.mark.skipif(not (CORPUS / "notmuch").exists(), reason="../shared/corpus/notmuch absent")
 @pytest.mark.parametrize("corpus", ["lkml", "default"])
 def test_notmuch_threads_are_reproduced(tmp_path: Path, config: Path, corpus: str) -> None:
-    expected = json.loads((CORPUS / "notmuch" / "expected_threads.notmuch-0.37.json")
-                          .read_text())["corpora"][corpus]
+    expected = json.loads((CORPUS / "notmuch" / "expected_threads.notmuch-0.37.json").read_text())[
+        "corpora"
+    ][corpus]
     rows = _replay(config, CORPUS / "notmuch" / "test" / "corpora" / corpus)
     case_of = {r["message_id"]: r["case"] for r in rows if r["matched_by"] != "duplicate"}
     members: dict[object, set[str]] = defaultdict(set)
@@ -132,8 +167,9 @@ def test_notmuch_threads_are_reproduced(tmp_path: Path, config: Path, corpus: st
 
 
 def _could_be_mail(path: Path) -> bool:
-    if path.suffix.lower() in NOT_MAIL or path.name.upper().startswith(("LICENSE", "COPYING",
-                                                                         "README", "MANIFEST")):
+    if path.suffix.lower() in NOT_MAIL or path.name.upper().startswith(
+        ("LICENSE", "COPYING", "README", "MANIFEST")
+    ):
         return False
     return path.is_file() and path.stat().st_size < 3_000_000
 

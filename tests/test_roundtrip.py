@@ -51,9 +51,17 @@ def box(request: pytest.FixtureRequest) -> Box:
 
 
 def _config(tmp_path: Path, box: Box, sink: LabSmtp, extra: str = "") -> Path:
-    return write_config(tmp_path / "mailcare.toml", imap_host="127.0.0.1", imap_port=box.port,
-                        user=box.user, password=PASSWORD, smtp_host=sink.host,
-                        smtp_port=sink.port, state_dir=tmp_path / "state", extra=extra)
+    return write_config(
+        tmp_path / "mailcare.toml",
+        imap_host="127.0.0.1",
+        imap_port=box.port,
+        user=box.user,
+        password=PASSWORD,
+        smtp_host=sink.host,
+        smtp_port=sink.port,
+        state_dir=tmp_path / "state",
+        extra=extra,
+    )
 
 
 def _text(data: bytes) -> str:
@@ -85,9 +93,14 @@ def test_full_round_trip(tmp_path: Path, box: Box, lab_smtp: LabSmtp) -> None:
         assert "assistenza+1000." in header(notice.data, "Reply-To")
 
         # The owner hits Reply in their client: Re:, a quote of the notification, a signature.
-        box.deliver(reply_to(notice.data, f"Owner <{owner}>",
-                             "Buongiorno, ho verificato: guasto in centrale, risolto entro "
-                             "le 18.\n\nSaluti\n-- \nAssistenza tecnica"))
+        box.deliver(
+            reply_to(
+                notice.data,
+                f"Owner <{owner}>",
+                "Buongiorno, ho verificato: guasto in centrale, risolto entro "
+                "le 18.\n\nSaluti\n-- \nAssistenza tecnica",
+            )
+        )
         _settle(daemon, lab_smtp, 2, 3)
         relay = lab_smtp.received[-1]
         assert relay.rcpt_tos[0] == CUSTOMER
@@ -114,8 +127,9 @@ def test_full_round_trip(tmp_path: Path, box: Box, lab_smtp: LabSmtp) -> None:
     assert "relayed" in kinds
 
 
-def test_spoofed_agent_is_held_and_never_relayed(tmp_path: Path, box: Box,
-                                                 lab_smtp: LabSmtp) -> None:
+def test_spoofed_agent_is_held_and_never_relayed(
+    tmp_path: Path, box: Box, lab_smtp: LabSmtp
+) -> None:
     """S01/S04: From an agent's address without a valid token runs nothing, relays nothing."""
     config = _config(tmp_path, box, lab_smtp)
     with running_daemon(config) as daemon:
@@ -123,8 +137,11 @@ def test_spoofed_agent_is_held_and_never_relayed(tmp_path: Path, box: Box,
         _settle(daemon, lab_smtp, 1, 2)
         ack = acks_to(lab_smtp.received, CUSTOMER)[0]
         before = len(lab_smtp.received)
-        forged = customer_mail(sender="giulia@examplenet.it", subject="Re: [EX #1000] x",
-                               body="#close\nIl problema è risolto, chiudo.")
+        forged = customer_mail(
+            sender="giulia@examplenet.it",
+            subject="Re: [EX #1000] x",
+            body="#close\nIl problema è risolto, chiudo.",
+        )
         box.deliver(forged)
         wait_until(lambda: daemon.processed >= 2)
         time.sleep(1.0)
@@ -137,8 +154,9 @@ def test_spoofed_agent_is_held_and_never_relayed(tmp_path: Path, box: Box,
     assert ack  # the customer got exactly their ack, nothing else
 
 
-def test_non_owner_reply_is_held_and_both_agents_told(tmp_path: Path, box: Box,
-                                                      lab_smtp: LabSmtp) -> None:
+def test_non_owner_reply_is_held_and_both_agents_told(
+    tmp_path: Path, box: Box, lab_smtp: LabSmtp
+) -> None:
     config = _config(tmp_path, box, lab_smtp)
     with running_daemon(config) as daemon:
         box.deliver(customer_mail(sender=CUSTOMER))
@@ -150,11 +168,17 @@ def test_non_owner_reply_is_held_and_both_agents_told(tmp_path: Path, box: Box,
         # The owner forwards the notification; the colleague answers with the owner's token.
         from mailcare import tokens
 
-        token_address = tokens.reply_address("assistenza@examplenet.it",
-                                             b"test-secret-0123456789", 1000, other)
-        box.deliver(customer_mail(sender=other, subject="Re: [EX #1000] Internet non va",
-                                  body="Ci penso io: riavvii il router.",
-                                  To=token_address))
+        token_address = tokens.reply_address(
+            "assistenza@examplenet.it", b"test-secret-0123456789", 1000, other
+        )
+        box.deliver(
+            customer_mail(
+                sender=other,
+                subject="Re: [EX #1000] Internet non va",
+                body="Ci penso io: riavvii il router.",
+                To=token_address,
+            )
+        )
         _settle(daemon, lab_smtp, 2, 4)
     new = lab_smtp.received[2:]
     assert not [r for r in new if CUSTOMER in r.rcpt_tos]  # nothing reached the customer
@@ -175,21 +199,34 @@ def test_commands_take_note_close(tmp_path: Path, box: Box, lab_smtp: LabSmtp) -
         owner = next(r for r in lab_smtp.received if CUSTOMER not in r.rcpt_tos).rcpt_tos[0]
         other = next(a for a in ("giulia@examplenet.it", "marco@examplenet.it") if a != owner)
         to_other = tokens.reply_address("assistenza@examplenet.it", secret, 1000, other)
-        box.deliver(customer_mail(sender=other, subject="Re: [EX #1000]",
-                                  body="#take\n#note cliente business, priorità alta",
-                                  To=to_other))
+        box.deliver(
+            customer_mail(
+                sender=other,
+                subject="Re: [EX #1000]",
+                body="#take\n#note cliente business, priorità alta",
+                To=to_other,
+            )
+        )
         wait_until(lambda: daemon.processed >= 2)
         time.sleep(0.5)
         to_new_owner = tokens.reply_address("assistenza@examplenet.it", secret, 1000, other)
-        box.deliver(customer_mail(sender=other, subject="Re: [EX #1000]", body="#close",
-                                  To=to_new_owner))
+        box.deliver(
+            customer_mail(sender=other, subject="Re: [EX #1000]", body="#close", To=to_new_owner)
+        )
         wait_until(lambda: daemon.processed >= 3)
         time.sleep(0.5)
-        box.deliver(customer_mail(sender=other, subject="Re: [EX #1000]",
-                                  body="#frobnicate", To=to_new_owner))
+        box.deliver(
+            customer_mail(
+                sender=other, subject="Re: [EX #1000]", body="#frobnicate", To=to_new_owner
+            )
+        )
         wait_until(lambda: daemon.processed >= 4)
-        wait_until(lambda: any("#take" in _text(r.data) and other in r.rcpt_tos
-                               for r in lab_smtp.received), what="reply listing commands")
+        wait_until(
+            lambda: any(
+                "#take" in _text(r.data) and other in r.rcpt_tos for r in lab_smtp.received
+            ),
+            what="reply listing commands",
+        )
     store = db(tmp_path / "state")
     case = store.case(1000)
     assert case is not None and case["owner"] == other and case["state"] == "closed"
@@ -198,8 +235,9 @@ def test_commands_take_note_close(tmp_path: Path, box: Box, lab_smtp: LabSmtp) -
     assert [e for e in events if e["kind"] == "owner_changed"]
 
 
-def test_concurrent_take_leaves_one_owner(tmp_path: Path, lab_smtp: LabSmtp,
-                                          request: pytest.FixtureRequest) -> None:
+def test_concurrent_take_leaves_one_owner(
+    tmp_path: Path, lab_smtp: LabSmtp, request: pytest.FixtureRequest
+) -> None:
     """S12: two #take in the same second: exactly one owner, the other agent is told."""
     from mailcare import tokens
 
@@ -213,12 +251,18 @@ def test_concurrent_take_leaves_one_owner(tmp_path: Path, lab_smtp: LabSmtp,
         other = next(a for a in ("giulia@examplenet.it", "marco@examplenet.it") if a != owner)
         # the owner passes the case on, then both race to take it back
         for agent in (other, owner):
-            box.deliver(customer_mail(
-                sender=agent, subject="Re: [EX #1000]", body="#take",
-                To=tokens.reply_address("assistenza@examplenet.it", secret, 1000, agent)))
+            box.deliver(
+                customer_mail(
+                    sender=agent,
+                    subject="Re: [EX #1000]",
+                    body="#take",
+                    To=tokens.reply_address("assistenza@examplenet.it", secret, 1000, agent),
+                )
+            )
         wait_until(lambda: daemon.processed >= 3)
-        wait_until(lambda: any(owner in r.rcpt_tos for r in lab_smtp.received[2:]),
-                   what="loser told")
+        wait_until(
+            lambda: any(owner in r.rcpt_tos for r in lab_smtp.received[2:]), what="loser told"
+        )
     store = db(tmp_path / "state")
     case = store.case(1000)
     assert case is not None and case["owner"] == other

@@ -63,13 +63,21 @@ def mailbox(request: pytest.FixtureRequest) -> Mailbox:
 
 def _config(tmp_path: Path, box: Mailbox, sink: LabSmtp, **kwargs: Any) -> Path:
     return write_config(
-        tmp_path / "mailcare.toml", imap_host=box.host, imap_port=box.port, user=box.user,
-        password=PASSWORD, smtp_host=sink.host, smtp_port=sink.port,
-        state_dir=tmp_path / "state", **kwargs)
+        tmp_path / "mailcare.toml",
+        imap_host=box.host,
+        imap_port=box.port,
+        user=box.user,
+        password=PASSWORD,
+        smtp_host=sink.host,
+        smtp_port=sink.port,
+        state_dir=tmp_path / "state",
+        **kwargs,
+    )
 
 
 def test_new_mail_gets_exactly_one_ack_with_the_right_headers(
-        tmp_path: Path, mailbox: Mailbox, lab_smtp: LabSmtp) -> None:
+    tmp_path: Path, mailbox: Mailbox, lab_smtp: LabSmtp
+) -> None:
     """L15: one RCPT, Auto-Submitted, In-Reply-To/References, tag, Message-ID on our domain."""
     config = _config(tmp_path, mailbox, lab_smtp)
     original = customer_mail(message_id="<first@lab.test>")
@@ -82,7 +90,8 @@ def test_new_mail_gets_exactly_one_ack_with_the_right_headers(
     assert len(acks) == 1
     ack = acks[0]
     assert ack.rcpt_tos == ("mario.rossi@libero.it",) or list(ack.rcpt_tos) == [
-        "mario.rossi@libero.it"]
+        "mario.rossi@libero.it"
+    ]
     assert ack.mail_from.startswith("assistenza+b1000.")  # VERP: bounces tie back to the case
     assert header(ack.data, "Subject") == "[EX #1000] Internet non va"
     assert header(ack.data, "In-Reply-To") == "<first@lab.test>"
@@ -96,19 +105,25 @@ def test_new_mail_gets_exactly_one_ack_with_the_right_headers(
     text = ack.data.decode("utf-8", "replace")
     assert "1000" in text
     owner_mail = [r for r in lab_smtp.received if r is not ack]
-    assert owner_mail and owner_mail[0].rcpt_tos[0] in ("giulia@examplenet.it",
-                                                        "marco@examplenet.it")
+    assert owner_mail and owner_mail[0].rcpt_tos[0] in (
+        "giulia@examplenet.it",
+        "marco@examplenet.it",
+    )
 
 
 def test_reply_joins_the_case_without_a_second_ack(
-        tmp_path: Path, mailbox: Mailbox, lab_smtp: LabSmtp) -> None:
+    tmp_path: Path, mailbox: Mailbox, lab_smtp: LabSmtp
+) -> None:
     config = _config(tmp_path, mailbox, lab_smtp)
     with running_daemon(config) as daemon:
         mailbox.deliver(customer_mail())
         wait_until(lambda: len(lab_smtp.received) >= 2)
         ack = acks_to(lab_smtp.received, "mario.rossi@libero.it")[0]
-        mailbox.deliver(reply_to(ack.data, "Cliente <mario.rossi@libero.it>",
-                                 "Aggiungo: il modem è un ExampleBox 3."))
+        mailbox.deliver(
+            reply_to(
+                ack.data, "Cliente <mario.rossi@libero.it>", "Aggiungo: il modem è un ExampleBox 3."
+            )
+        )
         wait_until(lambda: daemon.processed == 2)
         wait_until(lambda: len(lab_smtp.received) >= 3, what="forward to the owner")
         time.sleep(0.3)
@@ -118,13 +133,11 @@ def test_reply_joins_the_case_without_a_second_ack(
     store = db(tmp_path / "state")
     messages = store.case_messages(1000)
     inbound = [m for m in messages if m["direction"] == "in"]
-    assert [m["matched_by"] for m in inbound][1] in ("token", "tag", "references",
-                                                     "own-message-id")
+    assert [m["matched_by"] for m in inbound][1] in ("token", "tag", "references", "own-message-id")
     assert len(store.cases()) == 1
 
 
-def test_restart_sends_no_duplicate(tmp_path: Path, mailbox: Mailbox,
-                                    lab_smtp: LabSmtp) -> None:
+def test_restart_sends_no_duplicate(tmp_path: Path, mailbox: Mailbox, lab_smtp: LabSmtp) -> None:
     config = _config(tmp_path, mailbox, lab_smtp)
     for n in range(3):
         mailbox.deliver(customer_mail(sender=f"c{n}@example.org", subject=f"Guasto {n}"))
@@ -139,7 +152,8 @@ def test_restart_sends_no_duplicate(tmp_path: Path, mailbox: Mailbox,
 
 
 def test_sigkill_during_a_batch_loses_nothing_and_acks_once(
-        tmp_path: Path, mailbox: Mailbox, lab_smtp: LabSmtp) -> None:
+    tmp_path: Path, mailbox: Mailbox, lab_smtp: LabSmtp
+) -> None:
     """C01/I11/O06 in miniature: kill -9 while a backlog drains, restart, check invariants."""
     config = _config(tmp_path, mailbox, lab_smtp)
     total = 60
@@ -165,8 +179,7 @@ def test_sigkill_during_a_batch_loses_nothing_and_acks_once(
     ack_ids: dict[str, set[str]] = {}
     for received in lab_smtp.received:
         if header(received.data, "Auto-Submitted"):
-            ack_ids.setdefault(received.rcpt_tos[0], set()).add(header(received.data,
-                                                                       "Message-ID"))
+            ack_ids.setdefault(received.rcpt_tos[0], set()).add(header(received.data, "Message-ID"))
     customers = {f"k{n}@example.org" for n in range(total)}
     acked = {to for to in ack_ids if to in customers}
     assert acked == customers  # every case has its ack …
@@ -175,17 +188,20 @@ def test_sigkill_during_a_batch_loses_nothing_and_acks_once(
 
 
 def _stored(store: Any) -> int:
-    return int(next(iter(store.query(
-        "SELECT COUNT(*) AS n FROM messages WHERE direction = 'in'")))["n"])
+    return int(
+        next(iter(store.query("SELECT COUNT(*) AS n FROM messages WHERE direction = 'in'")))["n"]
+    )
 
 
 def _pending(store: Any) -> int:
-    return int(next(iter(store.query(
-        "SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'")))["n"])
+    return int(
+        next(iter(store.query("SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'")))["n"]
+    )
 
 
-def test_case_json_lists_both_directions(tmp_path: Path, lab_imap: LabImap,
-                                         lab_smtp: LabSmtp) -> None:
+def test_case_json_lists_both_directions(
+    tmp_path: Path, lab_imap: LabImap, lab_smtp: LabSmtp
+) -> None:
     from click.testing import CliRunner
 
     from mailcare.cli import main
