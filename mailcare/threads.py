@@ -513,11 +513,18 @@ def _inline_senders(text: str) -> Iterator[Address]:
     """From/Da/Von/De lines of the quoted header blocks in a body, top block first."""
     parsed = EmailReplyParser(languages=list(_FORWARD_LANGUAGES)).read(text[:_FORWARD_SCAN])
     for reply in parsed.replies[1:]:
-        for line in (reply.headers or "").splitlines():
-            found = _FORWARD_FROM.match(line)
-            address = _from_line(found.group("value")) if found else None
-            if address is not None:
-                yield address
+        yield from _from_lines((reply.headers or "").splitlines())
+    # Clients mix languages in one block (Gmail in Italian: "Da:" then "Date:", "Subject:"),
+    # which the reply parser does not always see as a header block: read the lines directly.
+    yield from _from_lines(text[:_FORWARD_SCAN].splitlines()[1:])
+
+
+def _from_lines(lines: Iterable[str]) -> Iterator[Address]:
+    for line in lines:
+        found = _FORWARD_FROM.match(line.lstrip("> \t"))
+        address = _from_line(found.group("value")) if found else None
+        if address is not None:
+            yield address
 
 
 def forwarded_sender(mail: Mail) -> Address | None:

@@ -183,3 +183,23 @@ def test_corpus_sweep_through_replay(tmp_path: Path, config: Path) -> None:
         chunk = files[start : start + 400]
         rows = _replay(config, *chunk)
         assert len(rows) >= len(chunk)  # an mbox file holds several messages
+
+
+def test_agent_forward_opens_a_case_for_the_original_sender(tmp_path: Path, config: Path) -> None:
+    """An agent forwards a customer's mail in with #fwd: the case is the customer's."""
+    body = (
+        "#fwd\nMi ha scritto direttamente, la giro all'assistenza.\n\n"
+        "---------- Forwarded message ---------\n"
+        "Da: Mario Rossi <mario.rossi@libero.it>\n"
+        "Date: lun 23 nov 2026 alle ore 09:12\n"
+        "Subject: Linea assente\n"
+        "To: Giulia <giulia@examplenet.it>\n\n"
+        "Buongiorno, da stamattina la linea non va.\n"
+    )
+    raw = customer_mail(sender="giulia@examplenet.it", subject="Fwd: Linea assente", body=body)
+    path = tmp_path / "fwd.eml"
+    path.write_bytes(raw)
+    rows = _replay(config, path)
+    assert rows[0]["new_case"] is True
+    assert rows[0]["matched_by"] == "forward"
+    assert "ack" not in rows[0]["actions"]
