@@ -91,9 +91,10 @@ class MailcareSection(Section):
         return self.support_address.partition("@")[2]
 
 
-class ImapSection(Section):
+class ServerSection(Section):
+    """How to reach and log in to a mail server; shared by [imap] and [smtp]."""
+
     host: str = "127.0.0.1"
-    port: int = Field(993, ge=1, le=65535)
     tls: TLS = "ssl"
     tls_verify: bool = True
     auth: Auth = "password"
@@ -101,12 +102,16 @@ class ImapSection(Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     oauth2_token_command: str = ""
+    timeout: float = Field(60.0, gt=0)
+
+
+class ImapSection(ServerSection):
+    port: int = Field(993, ge=1, le=65535)
     folder: str = "INBOX"
     idle: bool = True
     # RFC 2177: re-issue IDLE before the server's 30-minute autologout.
     idle_renew: float = Field(29 * 60, gt=0)
     poll_interval: float = Field(30.0, gt=0)
-    timeout: float = Field(60.0, gt=0)
     batch_size: int = Field(200, ge=1)
     # After commit: add this keyword, or move to processed_folder when that is set.
     processed_keyword: str = "$MailcareProcessed"
@@ -115,17 +120,8 @@ class ImapSection(Section):
     reconnect_max: float = Field(300.0, gt=0)
 
 
-class SmtpSection(Section):
-    host: str = "127.0.0.1"
+class SmtpSection(ServerSection):
     port: int = Field(465, ge=1, le=65535)
-    tls: TLS = "ssl"
-    tls_verify: bool = True
-    auth: Auth = "password"
-    username: str = ""
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    oauth2_token_command: str = ""
-    timeout: float = Field(60.0, gt=0)
     retry_base: float = Field(30.0, gt=0)
     retry_max: float = Field(3600.0, gt=0)
     # A temporary failure turns permanent after this long (RFC 5321 suggests days).

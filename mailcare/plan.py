@@ -265,6 +265,22 @@ def _common(env: Env, case: int, row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+ALERT_FIELDS = (
+    "agent_name",
+    "held_text",
+    "claimed",
+    "reason",
+    "bounced_address",
+    "bounce_status",
+    "previous_owner",
+)
+
+
+def _alert(env: Env, case: int, row: Mapping[str, Any], event: str, **given: str) -> dict[str, Any]:
+    """Values for the owner_alert template: one template, several events, every field set."""
+    return {**_common(env, case, row), **dict.fromkeys(ALERT_FIELDS, ""), "event": event, **given}
+
+
 def _send(
     plan: Plan,
     env: Env,
@@ -419,17 +435,14 @@ def _bounce(plan: Plan, mail: Mail, bounce: bounces.Bounce, facts: Facts, env: E
     row = facts.case_row or {}
     owner = row.get("owner")
     if owner and bounce.permanent:
-        values = {
-            **_common(env, case, row),
-            "event": "bounce",
-            "bounced_address": ", ".join(sorted(bounce.permanent)),
-            "bounce_status": "permanent",
-            "agent_name": "",
-            "held_text": "",
-            "claimed": "",
-            "reason": "",
-            "previous_owner": "",
-        }
+        values = _alert(
+            env,
+            case,
+            row,
+            "bounce",
+            bounced_address=", ".join(sorted(bounce.permanent)),
+            bounce_status="permanent",
+        )
         _send(
             plan,
             env,
@@ -810,17 +823,7 @@ def _hold_spoof(plan: Plan, mail: Mail, match: Match, facts: Facts, env: Env, re
     row = facts.case_row or {}
     owner = row.get("owner")
     if plan.case is not None and owner:
-        values = {
-            **_common(env, plan.case, row),
-            "event": "spoof_held",
-            "claimed": claimed,
-            "reason": reason,
-            "agent_name": "",
-            "held_text": "",
-            "bounced_address": "",
-            "bounce_status": "",
-            "previous_owner": "",
-        }
+        values = _alert(env, plan.case, row, "spoof_held", claimed=claimed, reason=reason)
         _send(
             plan,
             env,
@@ -929,17 +932,14 @@ def _set_owner(
     row["owner"] = new_owner
     plan.event("owner_changed", actor=actor, previous=previous, owner=new_owner)
     if new_owner != actor and plan.case is not None:
-        values = {
-            **_common(env, plan.case, row),
-            "event": "transfer",
-            "previous_owner": _name_of(env, previous) or (previous or ""),
-            "agent_name": _name_of(env, actor),
-            "held_text": "",
-            "claimed": "",
-            "reason": "",
-            "bounced_address": "",
-            "bounce_status": "",
-        }
+        values = _alert(
+            env,
+            plan.case,
+            row,
+            "transfer",
+            previous_owner=_name_of(env, previous) or (previous or ""),
+            agent_name=_name_of(env, actor),
+        )
         _send(
             plan,
             env,
@@ -1136,17 +1136,7 @@ def _hold_other_agent(
         source_id=mail.message_id,
         reply_to_addressee=agent.address,
     )
-    alert = {
-        **base,
-        "event": "other_agent_reply",
-        "agent_name": agent.name,
-        "held_text": body,
-        "claimed": "",
-        "reason": "",
-        "bounced_address": "",
-        "bounce_status": "",
-        "previous_owner": "",
-    }
+    alert = _alert(env, plan.case, row, "other_agent_reply", agent_name=agent.name, held_text=body)
     _send(
         plan,
         env,
