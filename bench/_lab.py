@@ -360,12 +360,25 @@ def write_config(
     return path
 
 
-def _status(pid: int) -> dict[str, str]:
+def _kib(pid: int, name: str, field: str) -> int:
+    """A `field: N kB` line of /proc/<pid>/<name>; 0 once the process is gone."""
     try:
-        text = Path(f"/proc/{pid}/status").read_text()
+        text = Path(f"/proc/{pid}/{name}").read_text()
     except OSError:
-        return {}
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        return 0
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -390,7 +403,8 @@ class Daemon:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        self.peak: dict[int, int] = {}
+        self.peak_rss = self.peak_pss = 0  # KiB
+        self.cpu = 0.0
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait for the `event=ready` line; time.monotonic() when it was seen."""
@@ -406,22 +420,24 @@ class Daemon:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def sample_memory(self) -> None:
-        """Remember each process's peak RSS (VmHWM): the pool workers exit with the daemon."""
-        for pid in [self.process.pid, *_children(self.process.pid)]:
-            kib = int(_status(pid).get("VmHWM", "0 kB").split()[0])
-            self.peak[pid] = max(self.peak.get(pid, 0), kib)
+        """Note the daemon's peak RSS (the kernel's VmHWM) and the largest PSS of the
+        daemon and its parse workers together. PSS counts a page shared by n processes as
+        1/n in each, so the forked workers add what they use of their own, not the models
+        they share with the daemon (their RSS would count those again)."""
+        self.peak_rss = max(self.peak_rss, _kib(self.process.pid, "status", "VmHWM"))
+        pids = [self.process.pid, *_children(self.process.pid)]
+        self.peak_pss = max(self.peak_pss, sum(_kib(pid, "smaps_rollup", "Pss") for pid in pids))
+        self.cpu = max(self.cpu, sum(_cpu(pid) for pid in pids))
 
     def peak_rss_mb(self) -> tuple[float, float]:
-        """(peak RSS of the main process, of the main process plus its children) in MB."""
+        """(peak RSS of the daemon, peak PSS of the daemon and its workers) in MB."""
         self.sample_memory()
-        main = self.peak.get(self.process.pid, 0) / 1024
-        return main, sum(self.peak.values()) / 1024
+        return self.peak_rss / 1024, self.peak_pss / 1024
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the daemon and of its children that have exited."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = sum(int(value) for value in fields[11:15])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        """User + system CPU seconds of the daemon and its workers, as last sampled."""
+        self.sample_memory()
+        return self.cpu
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -461,8 +477,8 @@ class Drain:
     seconds: float  # from event=ready to the last mail marked on the server
     sent_seconds: float  # from event=ready until the outbox was empty
     cpu: float  # daemon CPU seconds over the whole run (start-up included)
-    rss_main: float
-    rss_total: float
+    rss: float  # peak RSS of the daemon process, MB
+    pss: float  # peak PSS of the daemon and its parse workers together, MB
     cases: int
     queued: int
 

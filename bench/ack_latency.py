@@ -81,8 +81,9 @@ def new_mail(count: int, seed: int) -> list[bytes]:
     raise SystemExit(f"the corpus gave only {len(chosen)} new mails from new senders")
 
 
-def measure(mailbox: _lab.Mailbox, user: str, sink: _lab.Sink, mails: list[bytes],
-            seed: int) -> list[tuple[float, float]]:
+def measure(
+    mailbox: _lab.Mailbox, user: str, sink: _lab.Sink, mails: list[bytes], seed: int
+) -> list[tuple[float, float]]:
     """(floor, mailcare) seconds for each delivery."""
     pause = random.Random(seed)
     watcher = IdleWatcher(mailbox, user)
@@ -95,9 +96,13 @@ def measure(mailbox: _lab.Mailbox, user: str, sink: _lab.Sink, mails: list[bytes
             acks = {item.in_reply_to: item.at for item in sink.received}
             started = time.time()
             mailbox.deliver(user, raw)
-            _lab.wait_until(lambda n=number: n in watcher.seen, 30, "the IDLE client")
 
-            def acked(mid: str = message_id) -> bool:
+            def announced(count: int = number) -> bool:
+                return count in watcher.seen
+
+            _lab.wait_until(announced, 30, "the IDLE client")
+
+            def acked(mid: str = message_id, acks: dict[str, float] = acks) -> bool:
                 acks.update((item.in_reply_to, item.at) for item in sink.received)
                 return mid in acks
 
@@ -123,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         user = mailbox.new_user()
         mailbox.maildir(user)
         with tempfile.TemporaryDirectory(prefix="mailcare-ack-") as folder:
-            config = _lab.write_config(Path(folder), imap_port=mailbox.port, user=user,
-                                       smtp_port=sink.port)
+            config = _lab.write_config(
+                Path(folder), imap_port=mailbox.port, user=user, smtp_port=sink.port
+            )
             daemon = _lab.Daemon(config)
             try:
                 with _lab.step("starting mailcare"):
@@ -151,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     gap = p(ours, 50) - p(floor, 50)
     say(f"p50 gap      {gap:6.3f}   mailcare p50 - floor p50")
     say(f"daemon RSS   {rss:6.0f} MB peak")
-    say(f"targets      p50 within 0.1 s of the floor: {_lab.verdict(gap <= 0.1)}; "
-        f"p95 under 1 s: {_lab.verdict(p(ours, 95) < 1.0)}")
+    say(
+        f"targets      p50 within 0.1 s of the floor: {_lab.verdict(gap <= 0.1)}; "
+        f"p95 under 1 s: {_lab.verdict(p(ours, 95) < 1.0)}"
+    )
     rerun = ["--mails", str(args.mails), "--seed", str(args.seed)]
     say(f"reproduce    {_lab.command('ack_latency.py', rerun)}")
     return 0

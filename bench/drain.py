@@ -65,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(f"ratio        {ratio:8.2f}       mailcare / floor")
     say(f"daemon CPU   {1000 * run.cpu / args.n:8.2f} ms per mail (start-up included)")
-    say(f"peak RSS     {run.rss_main:8.0f} MB daemon, {run.rss_total:.0f} MB with its workers")
+    say(
+        f"memory       {run.rss:8.0f} MB peak RSS of the daemon; {run.pss:.0f} MB peak PSS with "
+        "its parse workers"
+    )
     say(
         f"targets      >= 2000 mails/s: {_lab.verdict(run.rate >= 2000)}; "
         f">= half the floor: {_lab.verdict(ratio >= 0.5)}; "
-        f"RSS < 200 MB: {_lab.verdict(run.rss_total < 200)}"
+        f"RSS < 200 MB: {_lab.verdict(run.rss < 200)}"
     )
     say(f"reproduce    {_lab.command('drain.py', [str(args.n), '--seed', str(args.seed)])}")
     return 0

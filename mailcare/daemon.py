@@ -8,15 +8,22 @@ outage is one log line when it starts and one when it ends, with capped backoff 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import logging
+import multiprocessing
+import os
 import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from . import config as config_mod
 from . import metrics, pipeline
@@ -27,6 +34,9 @@ from .oauth import TokenCommand, token_source
 from .outbox import OutboxWorker
 from .store import Store, StoreError, instance_lock
 from .systemd import Notifier
+
+if TYPE_CHECKING:
+    from .scope import Decision
 
 log = logging.getLogger("mailcare")
 
@@ -61,6 +71,7 @@ class Daemon:
         self._next_sla = 0.0
         self._imap_tokens: tuple[tuple[str, str], TokenCommand | None] | None = None
         self.on_batch: Callable[[list[pipeline.plan_mod.Plan]], None] | None = None
+        self._parser: ParsePool | None = None
 
     # -- public ------------------------------------------------------------------------
 
@@ -92,6 +103,9 @@ class Daemon:
             self.engine = pipeline.Engine.load(self.settings)
             for problem in self.engine.templates.check():
                 log.error("event=template_problem error=%s", problem)
+            # Before any thread or socket exists (see ParsePool).
+            workers = ParsePool.size()
+            self._parser = ParsePool(workers, self.engine) if workers else None
             if self.settings.metrics.listen:
                 metrics.serve(self.settings.metrics.listen)
             self._start_outbox()
@@ -105,6 +119,8 @@ class Daemon:
                     self._source.close()
                 if self.outbox is not None:
                     self.outbox.stop()
+                if self._parser is not None:
+                    self._parser.close()
                 store.close()
                 log.info("event=stopped processed=%d", self.processed)
         return 0
@@ -268,20 +284,37 @@ class Daemon:
         if not uids:
             return False
         size = self.settings.imap.batch_size
-        for start in range(0, len(uids), size):
+        batches = [uids[start : start + size] for start in range(0, len(uids), size)]
+        ahead = self._read(source, batches[0])
+        for index in range(len(batches)):
             if self.stop_event.is_set():
                 break
             self.notifier.watchdog()
-            self._batch(source, store, uids[start : start + size])
+            fetched, parsed = ahead
+            if index + 1 < len(batches):
+                # Fetched now and parsed by the workers while this batch is applied.
+                ahead = self._read(source, batches[index + 1])
+            self._batch(source, store, fetched, parsed)
         self.notifier.status(self._status(store))
         return True
 
-    def _batch(self, source: ImapSource, store: Store, uids: Sequence[int]) -> None:
+    def _read(self, source: ImapSource, uids: Sequence[int]) -> tuple[list[Fetched], Parsed]:
+        """Fetch a batch and start parsing it; call the second value for the mails."""
+        fetched = source.fetch(uids)
+        if self._parser is None:
+            return fetched, lambda: _parse_all(self.settings, fetched)
+        assert self.engine is not None
+        return fetched, self._parser.parse(self.settings, fetched, self.engine)
+
+    def _batch(
+        self, source: ImapSource, store: Store, fetched: list[Fetched], parsed: Parsed
+    ) -> None:
         assert self.engine is not None
         folder = self.settings.imap.folder
-        fetched = source.fetch(uids)
         started = time.perf_counter()
-        mails = [self._parse(item) for item in fetched]
+        results = parsed()
+        mails = [mail for mail, _ in results]
+        engine = _with_foreseen(self.engine, results)
         plans: list[pipeline.plan_mod.Plan] = []
         done: list[int] = []
         quarantine: list[int] = []
@@ -290,7 +323,7 @@ class Daemon:
         now = self.clock()
         with store.batch():
             for item, mail in zip(fetched, mails, strict=True):
-                ok = self._one(store, item, mail, now, plans, quarantine)
+                ok = self._one(store, item, mail, now, plans, quarantine, engine)
                 if ok:
                     done.append(item.uid)
                 if not ok and item.uid not in quarantine:
@@ -303,18 +336,6 @@ class Daemon:
         if fetched:
             metrics.processing_seconds.observe((time.perf_counter() - started) / len(fetched))
 
-    def _parse(self, item: Fetched) -> Mail:
-        assert self.engine is not None
-        limits = self.settings.limits
-        raw = item.raw
-        if raw is not None:
-            # parse() itself stops at max_mime_parts and at deep nesting, with a defect.
-            return pipeline.parse(self.engine, raw)
-        note = f"too large: {item.size} bytes (limit {limits.max_message_bytes}); headers only"
-        head = item.headers or _header_block(raw or b"")
-        mail = pipeline.parse(self.engine, head + b"\r\n")
-        return dataclasses.replace(mail, defects=(*mail.defects, note))
-
     def _one(
         self,
         store: Store,
@@ -323,9 +344,11 @@ class Daemon:
         now: float,
         plans: list[pipeline.plan_mod.Plan],
         quarantine: list[int],
+        engine: pipeline.Engine | None = None,
     ) -> bool:
         """Process one mail inside a savepoint; a failure rolls back only this mail."""
-        assert self.engine is not None
+        engine = engine or self.engine
+        assert engine is not None
         folder = self.settings.imap.folder
         if store.has_uid(folder, self._uidvalidity, item.uid):
             return True
@@ -333,7 +356,7 @@ class Daemon:
             with store.db.atomic():
                 plan = pipeline.process(
                     store,
-                    self.engine,
+                    engine,
                     mail,
                     now=now,
                     folder=folder,
@@ -501,6 +524,168 @@ def _database_failure(store: Store, exc: sqlite3.OperationalError) -> StoreError
     return StoreError(
         f"{store.path}: {exc}; stopped without acknowledging or marking the mail in hand"
     )
+
+
+def parse_fetched(settings: Settings, item: Fetched) -> Mail:
+    """A fetched message as a Mail; one over the size limit from its header block alone,
+    with a defect that says so (it still opens a case that tells the customer why)."""
+    limits = settings.limits
+    raw = item.raw
+    if raw is not None:
+        # parse() itself stops at max_mime_parts and at deep nesting, with a defect.
+        return pipeline.parse_raw(settings, raw)
+    note = f"too large: {item.size} bytes (limit {limits.max_message_bytes}); headers only"
+    head = item.headers or _header_block(raw or b"")
+    mail = pipeline.parse_raw(settings, head + b"\r\n")
+    return dataclasses.replace(mail, defects=(*mail.defects, note))
+
+
+# Mails with, for those that look like they open a case, the scope decision made ahead.
+Parsed = Callable[[], list[tuple[Mail, "Decision | None"]]]
+
+
+def _parse_all(
+    settings: Settings, items: Sequence[Fetched], foresee: bool = False
+) -> list[tuple[Mail, Decision | None]]:
+    mails = [parse_fetched(settings, item) for item in items]
+    return [(mail, _foresee(settings, mail) if foresee else None) for mail in mails]
+
+
+# A parse worker's copy of the daemon's Engine, as it was when the worker was forked.
+_forked: pipeline.Engine | None = None
+
+
+def _foresee(settings: Settings, mail: Mail) -> Decision | None:
+    """In a parse worker: the scope decision for a mail that looks like it opens a case (no
+    reply headers, no case tag, not from an agent), so the daemon finds it made. A guess
+    that misses costs a worker's time only: the plan asks the model itself for any other."""
+    model = _forked.scope if _forked is not None else None
+    sender = mail.sender.addr if mail.sender else ""
+    if model is None or not sender or mail.in_reply_to or mail.references:
+        return None
+    if f"[{settings.mailcare.case_tag} #" in mail.subject or settings.agent(sender):
+        return None
+    try:
+        decision: Decision = model.decide(subject=mail.subject, text=mail.new_text, sender=sender)
+    except Exception:  # the plan will ask again, and meet the problem itself
+        return None
+    return decision
+
+
+class _Foreseen:
+    """The scope model, answering from decisions the parse workers made ahead."""
+
+    def __init__(self, model: Any, known: dict[tuple[str, str, str], Decision]) -> None:
+        self.model = model
+        self.known = known
+
+    def decide(self, *, subject: str, text: str, sender: str = "") -> Decision:
+        found = self.known.get((subject, text, sender))
+        if found is not None:
+            return found
+        decision: Decision = self.model.decide(subject=subject, text=text, sender=sender)
+        return decision
+
+
+def _with_foreseen(
+    engine: pipeline.Engine, results: list[tuple[Mail, Decision | None]]
+) -> pipeline.Engine:
+    known = {
+        (mail.subject, mail.new_text, mail.sender.addr): decision
+        for mail, decision in results
+        if decision is not None and mail.sender is not None
+    }
+    if not known or engine.scope is None:
+        return engine
+    return dataclasses.replace(engine, scope=_Foreseen(engine.scope, known))
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _worker_start(engine: pipeline.Engine) -> None:
+    """In each parse worker: keep the Engine it was forked with, die with the daemon (a
+    SIGKILLed daemon must not leave workers holding its lock file), take SIGTERM and
+    SIGHUP as any process does (the daemon's handlers came along with the fork), and leave
+    Ctrl-C to the daemon."""
+    global _forked
+    _forked = engine
+    with contextlib.suppress(Exception):  # not Linux: the pipes still end the worker
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _started(_: int) -> int:
+    return os.getpid()
+
+
+class ParsePool:
+    """Parses fetched mail in worker processes, so a backlog keeps both cores busy: the
+    workers parse the next batch while the daemon applies this one in SQLite.
+
+    Parsing is a third of a mail's CPU time and pure (bytes in, a `Mail` out), so it is
+    the part that moves. The workers are forked once, at start, before the daemon opens a
+    socket or starts a thread: they share the loaded models page for page, and hold no
+    connection of the daemon's. A batch of a few mails is parsed in the daemon itself,
+    where it costs less than the round trip to a worker (one new mail while idling is the
+    case the acknowledgement latency depends on). If a worker dies, the daemon logs it once
+    and parses in-process from then on: the batch in hand is parsed again, nothing is lost.
+    """
+
+    SMALL = 8  # batches of fewer mails are parsed in the daemon
+
+    def __init__(self, workers: int, engine: pipeline.Engine) -> None:
+        self.workers = workers
+        self.engine = engine  # the workers' copy; after a reload they decide no scope
+        self._executor: ProcessPoolExecutor | None = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_start,
+            initargs=(engine,),  # inherited through the fork, not pickled
+        )
+        # With "fork" every worker starts at the first submit: make that now.
+        list(self._executor.map(_started, range(workers)))
+
+    @staticmethod
+    def size() -> int:
+        """One worker per core beyond the daemon's own, at most four; none on one core."""
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+    def parse(self, settings: Settings, items: list[Fetched], engine: pipeline.Engine) -> Parsed:
+        """Start parsing `items`; the returned function waits for the mails, in order."""
+        executor = self._executor
+        if executor is None or len(items) < self.SMALL:
+            return lambda: _parse_all(settings, items)
+        foresee = engine is self.engine and engine.scope is not None
+        step = -(-len(items) // self.workers)
+        futures: list[Future[list[tuple[Mail, Decision | None]]]] = []
+        try:
+            for start in range(0, len(items), step):
+                chunk = items[start : start + step]
+                futures.append(executor.submit(_parse_all, settings, chunk, foresee))
+        except (BrokenProcessPool, RuntimeError) as exc:
+            self._broken(exc)
+            return lambda: _parse_all(settings, items)
+
+        def result() -> list[tuple[Mail, Decision | None]]:
+            try:
+                return [mail for future in futures for mail in future.result()]
+            except BrokenProcessPool as exc:
+                self._broken(exc)
+                return _parse_all(settings, items)
+
+        return result
+
+    def _broken(self, exc: BaseException) -> None:
+        log.error("event=parse_workers_lost error=%s (parsing in the daemon from now on)", exc)
+        self.close()
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _header_block(raw: bytes) -> bytes:

@@ -1413,6 +1413,9 @@ def _identifier(languages: tuple[str, ...]) -> Any:
 
     identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
     identifier.set_languages([lang for lang in languages if lang in identifier.labels])
+    # The full 97-language table (27 MB) is kept only for a later set_languages, which
+    # never comes: each language set gets an identifier of its own.
+    identifier._full_model = None
     return identifier
 
 

@@ -49,6 +49,8 @@ class Engine:
             from .scope import load_or_train
 
             model = load_or_train(settings.scope, model_dir(settings), corrections_file(settings))
+        # The language model takes a second to load: now, not while the first mail waits.
+        mail_mod.detect_language("warm up the language model", cfg.languages, cfg.default_language)
         return cls(settings, load_secret(settings), templates, BusinessHours(settings.hours), model)
 
     @property
@@ -73,13 +75,19 @@ def load_secret(settings: Settings) -> bytes:
 
 
 def parse(engine: Engine, raw: bytes) -> mail_mod.Mail:
-    cfg = engine.settings.mailcare
+    return parse_raw(engine.settings, raw)
+
+
+def parse_raw(settings: Settings, raw: bytes) -> mail_mod.Mail:
+    """`parse` for a process that has the settings but no Engine (the daemon's parse
+    workers)."""
+    cfg = settings.mailcare
     return mail_mod.parse(
         raw,
         languages=cfg.languages,
         default_language=cfg.default_language,
-        max_header_bytes=engine.settings.limits.max_header_bytes,
-        max_parts=engine.settings.limits.max_mime_parts,
+        max_header_bytes=settings.limits.max_header_bytes,
+        max_parts=settings.limits.max_mime_parts,
     )
 
 

@@ -253,13 +253,14 @@ class Store:
         self.db.close()
 
     def check(self) -> str:
-        """`PRAGMA quick_check`: "ok" or the first problem. A page too damaged to check
-        makes SQLite raise instead of answering; that is a problem to report too (C05)."""
+        """`PRAGMA quick_check`: "ok" or the first problem, on one line (it goes into the
+        one-line error `mailcare run` stops with). A page too damaged to check makes SQLite
+        raise instead of answering; that is a problem to report too (C05)."""
         try:
             row = self.db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
             return str(exc)
-        return str(row[0])
+        return " ".join(str(row[0]).split())
 
     @contextmanager
     def batch(self) -> Iterator[Store]:
@@ -506,7 +507,7 @@ class Store:
     def apply(self, plan: Plan, *, now: float) -> None:
         """Write everything a plan decided. Call inside `batch()`."""
         if plan.new_case is not None:
-            self.db.table("cases").insert(plan.new_case)
+            self._insert_case(plan.new_case)
         if plan.case_update and plan.case is not None:
             self._update_case(plan.case, plan.case_update, plan.expect_owner)
         for message in plan.messages:
@@ -558,6 +559,13 @@ class Store:
             sql += " AND owner IS ?"
             args.append(expect_owner)
         self.db.execute(sql, args)
+
+    def _insert_case(self, row: Mapping[str, Any]) -> None:
+        """A plain INSERT: sqlite-utils' `table().insert` first looks the table up in
+        sqlite_master, twice, for every case opened."""
+        columns = ", ".join(row)
+        marks = ", ".join("?" * len(row))
+        self.db.execute(f"INSERT INTO cases({columns}) VALUES({marks})", list(row.values()))
 
     def _insert_message(self, message: Mapping[str, Any]) -> None:
         columns = ", ".join(message)

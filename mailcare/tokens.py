@@ -66,7 +66,9 @@ class OwnMessage:
 
 def _mac(secret: bytes, message: str, length: int) -> str:
     digest = hmac.new(secret, message.encode("utf-8"), hashlib.sha256).digest()
-    return base64.b32encode(digest).decode("ascii").lower()[:length]
+    # Base32 turns each 5 bytes into 8 characters on their own, so encoding only the bytes
+    # the first `length` characters come from gives the same prefix at a third of the cost.
+    return base64.b32encode(digest[: -(-length // 8) * 5]).decode("ascii").lower()[:length]
 
 
 def _same(expected: str, given: str) -> bool:

@@ -141,21 +141,51 @@ def test_c05_corrupted_database_is_never_recreated(rig: Rig) -> None:
     with running_daemon(config) as daemon:
         rig.settle(daemon, 20)
     path = rig.state / "mailcare.db"
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2 // 4096 * 4096
-    data[middle : middle + 3 * 4096] = os.urandom(3 * 4096)
-    path.write_bytes(bytes(data))
-    files = sorted(p.name for p in rig.state.iterdir())
+    data = corrupt_middle(path)
+    files = state_files(rig)
     sent = len(rig.sink.received)
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("mailcare: ")
-    assert "mailcare.db" in result.stderr and "malformed" in result.stderr
-    assert path.read_bytes() == bytes(data)  # left exactly as found, for the admin
-    assert sorted(p.name for p in rig.state.iterdir() if p.name != "mailcare.db-shm") == [
-        f for f in files if f != "mailcare.db-shm"
-    ]
+    assert str(path) in result.stderr
+    assert "integrity check failed" in result.stderr or "damaged" in result.stderr
+    assert path.read_bytes() == data  # left exactly as found, for the admin
+    assert state_files(rig) == files == ["mailcare.db", "mailcare.lock"]  # no new database
     assert len(rig.sink.received) == sent
+
+
+def state_files(rig: Rig) -> list[str]:
+    """The state folder's files, without SQLite's own -wal/-shm companions."""
+    return sorted(p.name for p in rig.state.iterdir() if not p.name.endswith(("-wal", "-shm")))
+
+
+def corrupt_middle(path: Path) -> bytes:
+    """Overwrite three pages in the middle of the file with noise, at the first spot (from
+    the middle outwards) where SQLite can tell: noise over free pages would be harmless."""
+    checkpoint = sqlite3.connect(path)
+    checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+    checkpoint.close()
+    clean = path.read_bytes()
+    pages = len(clean) // 4096
+    noise = os.urandom(3 * 4096)
+    for offset in range(pages // 2):
+        for page in {pages // 2 - offset, pages // 2 + offset}:
+            start = max(1, min(page, pages - 3)) * 4096
+            data = clean[:start] + noise + clean[start + len(noise) :]
+            path.write_bytes(data)
+            if damaged(path):
+                return data
+    raise AssertionError("no page in the middle whose damage SQLite notices")
+
+
+def damaged(path: Path) -> bool:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return bool(conn.execute("PRAGMA quick_check").fetchone()[0] != "ok")
+    except sqlite3.DatabaseError:
+        return True
+    finally:
+        conn.close()
 
 
 # -- C06 config mistakes -----------------------------------------------------------------------
