@@ -345,18 +345,11 @@ def write_config(
         "report": {"to": "", "every": ""},
     }
     reference = (ROOT / "mailcare.toml").read_text(encoding="utf-8")
-    scope = ""
-    if "\n[scope]" in reference:
-        settings["scope"] = {"examples_dir": str(ROOT / "classifiers")}
-    else:  # older checkouts ship the rules as an example to paste
-        scope = (ROOT / "classifiers" / "scope.example.toml").read_text(encoding="utf-8")
-        scope = scope.replace(
-            'examples_dir = "classifiers"', f'examples_dir = "{ROOT / "classifiers"}"'
-        )
+    settings["scope"] = {"examples_dir": str(ROOT / "classifiers")}
     for table, values in tables.items():
         settings.setdefault(table, {}).update(values)
     path = folder / "mailcare.toml"
-    path.write_text(with_settings(reference, **settings) + "\n" + scope, encoding="utf-8")
+    path.write_text(with_settings(reference, **settings) + "\n", encoding="utf-8")
     return path
 
 

@@ -345,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (run, cost, _) in runs.items():
         say(f"{name:12} {run.rate:13.0f}   {cost:13.2f}   {run.rss:6.0f} / {run.pss:.0f}")
     say(f"ratio        {ratio:13.2f}   history / empty")
-    slowest = sorted(history_run[2].items(), key=lambda item: -item[1])[:5]
-    say("history      " + ", ".join(f"{name} {ms:.3f}" for name, ms in slowest) + " (ms per mail)")
+    say("store calls  ms per mail, the five costliest with the history, empty -> history:")
+    for name, ms in sorted(history_run[2].items(), key=lambda item: -item[1])[:5]:
+        say(f"  {name:22} {empty[2].get(name, 0.0):6.3f} -> {ms:6.3f}")
     worst = max(run.rss for run, _, _ in runs.values())
     say(
         f"targets      history >= 90% of empty: {_lab.verdict(ratio >= 0.9)}; "

@@ -35,7 +35,7 @@ TARGETS = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=ROOT / "classifiers" / "scope.example.toml")
+    parser.add_argument("--config", type=Path, default=ROOT / "mailcare.toml")
     parser.add_argument("--examples", type=Path, default=ROOT / "classifiers")
     parser.add_argument("--heldout", type=Path, default=ROOT / "classifiers/heldout/test.jsonl")
     parser.add_argument("--folds", type=int, default=5)

@@ -140,6 +140,7 @@ class Daemon:
             token_command=token_source(smtp.auth, smtp.oauth2_token_command),
             on_sent=self._on_sent,
             clock=self.clock,
+            suppress_days=self.settings.limits.bounce_suppress_days,
         )
         self.outbox.start()
 

@@ -351,9 +351,8 @@ def _decode(value: str) -> str:
 
 
 def _print_summary(out: Path, settings: config_mod.Settings, echo: Callable[[str], None]) -> None:
-    from .store import Store
-
     from .report import write_report
+    from .store import Store
 
     store = Store(pipeline.state_db(settings))
     try:

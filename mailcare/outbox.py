@@ -23,6 +23,9 @@ from .store import OutboxRow, Store
 log = logging.getLogger("mailcare.outbox")
 
 
+SUPPRESSING_KINDS = frozenset({"ack", "redirect", "route_customer"})
+
+
 def retry_delay(section: SmtpSection, attempts: int) -> float:
     """Capped exponential backoff with jitter: 30 s, 60 s, 120 s … up to retry_max."""
     base = min(section.retry_max, section.retry_base * (2 ** max(0, attempts - 1)))
@@ -49,8 +52,10 @@ class OutboxWorker:
         token_command: Callable[[], str] | None = None,
         on_sent: Callable[[OutboxRow, float], None] | None = None,
         clock: Callable[[], float] = time.time,
+        suppress_days: float = 0.0,
     ) -> None:
         self._store_factory = store_factory
+        self._suppress_days = suppress_days
         self.section = section
         self._password = password
         self._token_command = token_command
@@ -174,7 +179,14 @@ class OutboxWorker:
             self._temporary(store, row, now, str(exc))
             return
         except SmtpPermanent as exc:
-            self._write(store, store.outbox_failed, row, now, str(exc))
+            # A 5xx on an automatic answer means the address is dead: stop answering it for
+            # a while, exactly as after a bounce (O02). A person's relay is only recorded.
+            until = (
+                now + self._suppress_days * 86400.0
+                if row.kind in SUPPRESSING_KINDS and self._suppress_days
+                else None
+            )
+            self._write(store, store.outbox_failed, row, now, str(exc), until)
             self.stats.failed += 1
             log.warning(
                 "case=%s action=send_failed kind=%s to=%s reason=%s",

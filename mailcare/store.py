@@ -655,9 +655,19 @@ class Store:
             [next_at, error[:500], row.id],
         )
 
-    def outbox_failed(self, row: OutboxRow, now: float, error: str) -> None:
-        """A permanent failure: recorded on the case, and the address is suppressed."""
+    def outbox_failed(
+        self, row: OutboxRow, now: float, error: str, suppress_until: float | None = None
+    ) -> None:
+        """A permanent failure: recorded on the case; with `suppress_until`, automatic mail
+        to those addresses stops until then, as after a bounce (O02)."""
         with self.batch():
+            for address in row.recipients if suppress_until is not None else ():
+                self.db.execute(
+                    "INSERT INTO suppressions(address, until, reason) VALUES(?, ?, ?) "
+                    "ON CONFLICT(address) DO UPDATE SET until = MAX(until, excluded.until), "
+                    "reason = excluded.reason",
+                    [address, suppress_until, f"smtp 5xx case={row.case_number}"],
+                )
             self.db.execute(
                 "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ? "
                 "WHERE id = ?",

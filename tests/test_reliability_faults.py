@@ -418,6 +418,9 @@ def test_o02_permanent_failure_is_recorded_once(rig: Rig) -> None:
     failed = rig.rows("SELECT detail FROM events WHERE kind = 'send_failed:ack'")
     assert len(failed) == 1 and "554" in failed[0][0]
     assert acks_to(rig.sink.received, customer) == []
+    # The dead address shares B01's suppression: no more automatic mail to it for a while.
+    suppressed = rig.rows("SELECT address, reason FROM suppressions")
+    assert suppressed and suppressed[0][0] == customer and "5xx" in suppressed[0][1]
 
 
 def test_o03_partial_refusal_is_recorded_per_address(rig: Rig) -> None:

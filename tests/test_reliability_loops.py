@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 from spine import (
-    ROOT,
     SUPPORT,
     Rig,
     acks_to,
@@ -374,11 +373,6 @@ def test_l11_forged_sender_backscatter(rig: Rig) -> None:
 
 
 def test_l16_redirect_obeys_the_same_rules(rig: Rig) -> None:
-    if "[scope]" not in (ROOT / "mailcare.toml").read_text(encoding="utf-8"):
-        pytest.skip(
-            "mailcare.toml has no [scope] section yet (classifiers/scope.example.toml"
-            " is not pasted in), so no out-of-scope decision can be made"
-        )
     subject, body = "Bolletta della luce", "La bolletta della luce di Enel è troppo alta."
     suppressors: dict[str, list[str]] = {
         "l16-null": ["Return-Path: <>"],

@@ -28,7 +28,7 @@ from mailcare.scope import (
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIERS = ROOT / "classifiers"
 HELDOUT = CLASSIFIERS / "heldout" / "test.jsonl"
-EXAMPLE_TOML = CLASSIFIERS / "scope.example.toml"
+EXAMPLE_TOML = ROOT / "mailcare.toml"
 EMPTY: tuple[np.ndarray, np.ndarray] = (np.zeros(0, dtype=np.intp), np.zeros(0))
 
 
