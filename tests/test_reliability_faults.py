@@ -210,7 +210,8 @@ def test_i03_bye_during_idle_reconnects_without_spinning(
         assert run.stop() == 0, run.output[-3000:]
     unavailable = [line for line in run.output.splitlines() if "event=imap_unavailable" in line]
     assert len(unavailable) == 1  # one line per outage
-    assert "BYE" in unavailable[0] or "EOF" in unavailable[0]
+    # The BYE, the EOF after it, or (on a loaded machine) the DONE that found a dead peer.
+    assert any(word in unavailable[0] for word in ("BYE", "EOF", "IDLE"))
 
 
 def test_i04_silent_stall_is_detected(
