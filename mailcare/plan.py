@@ -281,6 +281,31 @@ def _alert(env: Env, case: int, row: Mapping[str, Any], event: str, **given: str
     return {**_common(env, case, row), **dict.fromkeys(ALERT_FIELDS, ""), "event": event, **given}
 
 
+def _tell(
+    plan: Plan,
+    env: Env,
+    kind: str,
+    case: int,
+    to: str,
+    row: Mapping[str, Any],
+    values: Mapping[str, Any],
+    source_id: str,
+) -> None:
+    """Mail to a colleague (owner, agent, team): in their language, replies come back to
+    the case through their own signed reply address."""
+    _send(
+        plan,
+        env,
+        kind=kind,
+        case=case,
+        to=to,
+        lang=_agent_lang(env, to, row),
+        values=values,
+        source_id=source_id,
+        reply_to_addressee=to,
+    )
+
+
 def _send(
     plan: Plan,
     env: Env,
@@ -702,17 +727,7 @@ def _customer_followup(
             "new_participant": sender if match.new_participant else "",
             "reopened": reopened,
         }
-        _send(
-            plan,
-            env,
-            kind="forward_owner",
-            case=case,
-            to=str(owner),
-            lang=_agent_lang(env, str(owner), row),
-            values=values,
-            source_id=mail.message_id,
-            reply_to_addressee=str(owner),
-        )
+        _tell(plan, env, "forward_owner", case, str(owner), row, values, mail.message_id)
     return plan
 
 
@@ -940,17 +955,7 @@ def _set_owner(
             previous_owner=_name_of(env, previous) or (previous or ""),
             agent_name=_name_of(env, actor),
         )
-        _send(
-            plan,
-            env,
-            kind="owner_alert",
-            case=plan.case,
-            to=new_owner,
-            lang=_agent_lang(env, new_owner, row),
-            values=values,
-            source_id=source_id,
-            reply_to_addressee=new_owner,
-        )
+        _tell(plan, env, "owner_alert", plan.case, new_owner, row, values, source_id)
 
 
 def _take(
@@ -971,16 +976,15 @@ def _take(
     if recent and recent[0] != agent.address and env.now - recent[1] < env.take_window:
         plan.event("take_refused", actor=agent.address, owner=owner)
         assert plan.case is not None
-        _send(
+        _tell(
             plan,
             env,
-            kind="take_conflict",
-            case=plan.case,
-            to=agent.address,
-            lang=_agent_lang(env, agent.address, row),
-            values=_common(env, plan.case, row),
-            source_id=source_id,
-            reply_to_addressee=agent.address,
+            "take_conflict",
+            plan.case,
+            agent.address,
+            row,
+            _common(env, plan.case, row),
+            source_id,
         )
         return
     _set_owner(plan, env, row, agent.address, agent.address, source_id)
@@ -1125,29 +1129,18 @@ def _hold_other_agent(
     plan.event("held_other_agent", actor=agent.address, owner=owner)
     plan.act("hold", f"{agent.address} does not own the case")
     base = _common(env, plan.case, row)
-    _send(
+    _tell(
         plan,
         env,
-        kind="not_owner",
-        case=plan.case,
-        to=agent.address,
-        lang=_agent_lang(env, agent.address, row),
-        values={**base, "held_text": body},
-        source_id=mail.message_id,
-        reply_to_addressee=agent.address,
+        "not_owner",
+        plan.case,
+        agent.address,
+        row,
+        {**base, "held_text": body},
+        mail.message_id,
     )
     alert = _alert(env, plan.case, row, "other_agent_reply", agent_name=agent.name, held_text=body)
-    _send(
-        plan,
-        env,
-        kind="owner_alert",
-        case=plan.case,
-        to=owner,
-        lang=_agent_lang(env, owner, row),
-        values=alert,
-        source_id=mail.message_id,
-        reply_to_addressee=owner,
-    )
+    _tell(plan, env, "owner_alert", plan.case, owner, row, alert, mail.message_id)
 
 
 def _relay(
