@@ -203,3 +203,39 @@ def test_agent_forward_opens_a_case_for_the_original_sender(tmp_path: Path, conf
     assert rows[0]["new_case"] is True
     assert rows[0]["matched_by"] == "forward"
     assert "ack" not in rows[0]["actions"]
+
+
+def test_s14_customer_control_headers_are_ignored_and_replays_run_once(
+    tmp_path: Path, config: Path
+) -> None:
+    """S14: X-Mailcare-* headers from outside steer nothing; the same mail twice counts once."""
+    from mailcare import tokens
+
+    first = customer_mail(sender="anna@example.org", message_id="<s14a@example.org>")
+    forged = customer_mail(
+        sender="eve@example.org",
+        subject="Re: something",
+        message_id="<s14b@example.org>",
+        X_Mailcare_Case="1000",
+        X_Mailcare_Owner="giulia@examplenet.it",
+        X_Mailcare_Command="close",
+    )
+    to_giulia = tokens.reply_address(
+        "assistenza@examplenet.it", b"test-secret-0123456789", 1000, "giulia@examplenet.it"
+    )
+    note = customer_mail(
+        sender="giulia@examplenet.it",
+        subject="Re: [EX #1000]",
+        body="#note chiamata la cliente",
+        message_id="<s14c@examplenet.it>",
+        To=to_giulia,
+    )
+    paths = []
+    for index, raw in enumerate((first, forged, note, note)):
+        path = tmp_path / f"{index}.eml"
+        path.write_bytes(raw)
+        paths.append(path)
+    rows = _replay(config, *paths)
+    assert rows[1]["case"] == 1001 and rows[1]["new_case"]  # not pulled into case 1000
+    assert rows[2]["case"] == 1000 and rows[2]["matched_by"] == "token"
+    assert rows[3]["matched_by"] == "duplicate" and rows[3]["actions"] == ["none"]
