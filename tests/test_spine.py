@@ -10,6 +10,7 @@ import json
 import random
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,35 @@ def test_case_json_lists_both_directions(
     assert data["messages"][0]["matched_by"] == "new"
     kinds = [e["kind"] for e in data["events"]]
     assert "case_opened" in kinds and any(k.startswith("sent:") for k in kinds)
+
+
+def test_c04_fresh_state_on_a_full_mailbox_acks_nothing_old(
+    tmp_path: Path, lab_imap: LabImap, lab_smtp: LabSmtp
+) -> None:
+    """C04: a new or lost database pointed at a mailbox full of old mail must not start an
+    ack storm: the old mail is stored as cases, and only fresh mail is answered."""
+    from email.utils import format_datetime
+
+    box = Mailbox.__new__(Mailbox)
+    box.kind, box.lab, box.user = "pymap", lab_imap, USER
+    box.host, box.port = lab_imap.host, lab_imap.port
+    old = format_datetime(datetime.now(UTC) - timedelta(days=10))
+    for n in range(5):
+        raw = customer_mail(sender=f"old{n}@example.org", subject=f"Vecchio {n}")
+        lab_imap.deliver(
+            USER,
+            raw.replace(b"Date: ", b"X-Old-Date: ", 1).replace(
+                b"\r\n\r\n", f"\r\nDate: {old}\r\n\r\n".encode(), 1
+            ),
+        )
+    lab_imap.deliver(USER, customer_mail(sender="fresh@example.org", subject="Nuovo"))
+    with running_daemon(_config(tmp_path, box, lab_smtp)) as daemon:
+        wait_until(lambda: daemon.processed == 6)
+        wait_until(lambda: acks_to(lab_smtp.received, "fresh@example.org") != [])
+        time.sleep(0.5)
+    customers = {r.rcpt_tos[0] for r in lab_smtp.received if "@example.org" in r.rcpt_tos[0]}
+    assert customers == {"fresh@example.org"}
+    store = db(tmp_path / "state")
+    assert len(store.cases()) == 6
+    reasons = [e for e in store.case_events(1000) if e["kind"] == "suppressed_autoreply"]
+    assert reasons and "stale-mail" in reasons[0]["detail"]
