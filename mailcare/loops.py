@@ -233,7 +233,9 @@ def _own(
     """Mail of ours: our Message-ID (L08), our address or alias in From (L07), our loop header.
 
     `X-Mailcare-Loop: <our domain>` is on everything we send, so a copy that comes back with
-    a rewritten Message-ID is still recognised.
+    a rewritten Message-ID is still recognised. Anyone can write that header, though, so it
+    only marks the mail as returned (never answered, kept as a note or a case), not as our
+    own mail, which would leave a customer's mail without a case.
     """
     signals = []
     if returned is not None:
@@ -243,7 +245,7 @@ def _own(
         signals.append(_Signal(OWN, "own-address"))
     ours = tokens.domain_key(support_address.rpartition("@")[2])
     if any(tokens.domain_key(value) == ours for value in mail.header(LOOP_HEADER)):
-        signals.append(_Signal(OWN, "own-loop-header"))
+        signals.append(_Signal(OWN_MAIL_RETURNED, "own-loop-header"))
     return signals
 
 

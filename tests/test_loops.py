@@ -226,9 +226,11 @@ def test_l07_mail_from_our_own_address_or_alias(sender: str) -> None:
     assert (verdict.kind, verdict.may_reply, verdict.reason) == ("own", False, "own-address")
 
 
-def test_l07_loop_header_marks_own_mail() -> None:
+def test_l08_loop_header_marks_returned_mail_but_keeps_it() -> None:
+    """Our loop header means "never answer", not "drop": anyone can write it (S14)."""
     verdict = judge(make_mail(headers={"X-Mailcare-Loop": ("ExampleNet.it",)}))
-    assert (verdict.kind, verdict.reason) == ("own", "own-loop-header")
+    assert (verdict.kind, verdict.reason) == ("own_mail_returned", "own-loop-header")
+    assert not verdict.may_reply and verdict.automatic
 
 
 def test_l07_loop_header_of_another_installation_is_ignored() -> None:
