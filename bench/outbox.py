@@ -69,7 +69,7 @@ def queue_real(folder: Path, wanted: int, seed: int) -> tuple[Path, list[Row]]:
             seen += len(mails)
             with store.batch():
                 for raw in mails:
-                    mail = pipeline.parse(engine, raw)
+                    mail = pipeline.parse(engine.settings, raw)
                     pipeline.process(store, engine, mail, now=time.time())
         store.db.execute(
             "DELETE FROM outbox WHERE id > (SELECT id FROM outbox ORDER BY id LIMIT 1 OFFSET ?)",

@@ -249,7 +249,7 @@ def store_cost(db: Path, config: Path, mails: list[bytes]) -> tuple[float, dict[
     daemon does, and the split by call; everything is rolled back."""
     settings = config_mod.load(config)
     engine = pipeline.Engine.load(settings)
-    parsed = [pipeline.parse(engine, raw) for raw in mails]
+    parsed = [pipeline.parse(engine.settings, raw) for raw in mails]
     store = Store(db)
     spent: dict[str, float] = defaultdict(float)
 

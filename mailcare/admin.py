@@ -30,7 +30,6 @@ def apply_admin(settings: Settings, number: int, action: str, arg: str, *, now: 
         facts = plan_mod.Facts(
             duplicate=False,
             next_case_number=0,
-            case=None,
             case_row=row,
             customer_ids=store.customer_message_ids(number),
             open_counts={},

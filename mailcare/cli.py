@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from . import config as config_mod
 from .config import ConfigError, Settings
 from .store import StoreError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 config_option = click.option(
     "--config",

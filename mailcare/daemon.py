@@ -534,10 +534,9 @@ def parse_fetched(settings: Settings, item: Fetched) -> Mail:
     raw = item.raw
     if raw is not None:
         # parse() itself stops at max_mime_parts and at deep nesting, with a defect.
-        return pipeline.parse_raw(settings, raw)
+        return pipeline.parse(settings, raw)
     note = f"too large: {item.size} bytes (limit {limits.max_message_bytes}); headers only"
-    head = item.headers or _header_block(raw or b"")
-    mail = pipeline.parse_raw(settings, head + b"\r\n")
+    mail = pipeline.parse(settings, item.headers + b"\r\n")
     return dataclasses.replace(mail, defects=(*mail.defects, note))
 
 
@@ -687,11 +686,3 @@ class ParsePool:
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _header_block(raw: bytes) -> bytes:
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        head, found, _ = raw.partition(separator)
-        if found:
-            return head + b"\r\n"
-    return raw[:65536]

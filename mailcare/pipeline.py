@@ -74,13 +74,9 @@ def load_secret(settings: Settings) -> bytes:
     return value
 
 
-def parse(engine: Engine, raw: bytes) -> mail_mod.Mail:
-    return parse_raw(engine.settings, raw)
-
-
-def parse_raw(settings: Settings, raw: bytes) -> mail_mod.Mail:
-    """`parse` for a process that has the settings but no Engine (the daemon's parse
-    workers)."""
+def parse(settings: Settings, raw: bytes) -> mail_mod.Mail:
+    """`mail.parse` with the configured languages and limits (also in parse workers,
+    which have the settings but no Engine)."""
     cfg = settings.mailcare
     return mail_mod.parse(
         raw,
@@ -146,7 +142,6 @@ def _duplicate_facts() -> plan_mod.Facts:
     return plan_mod.Facts(
         duplicate=True,
         next_case_number=0,
-        case=None,
         case_row=None,
         customer_ids=(),
         open_counts={},
@@ -178,7 +173,6 @@ def gather(
     return plan_mod.Facts(
         duplicate=False,
         next_case_number=store.next_case_number() if new else 0,
-        case=None,
         case_row=row,
         customer_ids=customer_ids,
         open_counts=store.open_counts() if new else {},

@@ -21,7 +21,7 @@ from .config import AgentSection, Settings
 from .hours import BusinessHours
 from .identity import verify_agent
 from .mail import Mail
-from .threads import CaseView, Match, forwarded_sender
+from .threads import Match, forwarded_sender
 
 DAY = 86400.0
 
@@ -65,7 +65,6 @@ class Facts:
 
     duplicate: bool
     next_case_number: int
-    case: CaseView | None
     case_row: Mapping[str, Any] | None
     customer_ids: tuple[str, ...]  # Message-IDs of the customer's mails in the case, oldest first
     open_counts: Mapping[str, int]

@@ -69,7 +69,7 @@ def replay_paths(settings: Settings, paths: list[Path], *, fresh: bool) -> Itera
 def _one(
     store: Store, engine: pipeline.Engine, label: str, raw: bytes, clock: float
 ) -> dict[str, Any]:
-    mail = pipeline.parse(engine, raw)
+    mail = pipeline.parse(engine.settings, raw)
     now = mail.date.timestamp() if mail.date is not None and mail.date.tzinfo else clock
     with store.batch():
         plan = pipeline.process(store, engine, mail, now=now or time.time())

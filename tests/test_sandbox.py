@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import threading
 import time
 from pathlib import Path
@@ -94,9 +95,12 @@ def test_deliver_wakes_an_idle_client_at_once(lab_imap: LabImap) -> None:
         lab_imap.deliver(USER, MESSAGE)
 
     threading.Thread(target=later).start()
-    responses = client.idle_check(timeout=5)
+    # Wait on the socket and read with DONE, as mailcare.imap does: imapclient's
+    # idle_check() reads non-blocking and breaks on a response split across segments.
+    readable, _, _ = select.select([client.socket()], [], [], 5)
     latency = time.monotonic() - sent_at
-    client.idle_done()
+    assert readable
+    _, responses = client.idle_done()
     assert (1, b"EXISTS") in responses
     assert latency < 0.5
     client.logout()
