@@ -100,7 +100,7 @@ class Daemon:
             problem = store.check()
             if problem != "ok":
                 raise StoreError(f"{store.path}: integrity check failed: {problem}")
-            self.engine = pipeline.Engine.load(self.settings)
+            self.engine = pipeline.Engine.load(self.settings, apart=True)
             for problem in self.engine.templates.check():
                 log.error("event=template_problem error=%s", problem)
             # Before any thread or socket exists (see ParsePool).
@@ -470,7 +470,7 @@ class Daemon:
             return
         try:
             settings = config_mod.load(self.config_path)
-            engine = pipeline.Engine.load(settings)
+            engine = pipeline.Engine.load(settings, apart=True)
         except Exception as exc:  # a bad new config must not stop a running service
             log.error("event=reload_rejected error=%s", exc)
             return

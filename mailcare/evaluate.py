@@ -300,7 +300,7 @@ def cli_train(settings: Settings) -> str:
     per = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
     return (
         f"scope model {source} in {seconds:.1f} s: {model.examples} examples from "
-        f"{section.examples_dir} ({per}); cache {model_dir(settings) / f'scope-{key[:12]}….joblib'}"
+        f"{section.examples_dir} ({per}); cache {model_dir(settings) / f'scope-{key[:12]}….npz'}"
     )
 
 

@@ -39,7 +39,9 @@ class Engine:
     scope: Any = None
 
     @classmethod
-    def load(cls, settings: Settings, *, train: bool = True) -> Engine:
+    def load(cls, settings: Settings, *, train: bool = True, apart: bool = False) -> Engine:
+        """Templates, hours, secret and the scope model; `apart` trains a missing model in a
+        child process (the daemon's choice, see `scope.load_or_train`)."""
         cfg = settings.mailcare
         templates = Templates(
             templates_dir(settings), languages=cfg.languages, default_language=cfg.default_language
@@ -48,7 +50,9 @@ class Engine:
         if train and settings.scope.categories:
             from .scope import load_or_train
 
-            model = load_or_train(settings.scope, model_dir(settings), corrections_file(settings))
+            model = load_or_train(
+                settings.scope, model_dir(settings), corrections_file(settings), apart=apart
+            )
         # The language model takes a second to load: now, not while the first mail waits.
         mail_mod.detect_language("warm up the language model", cfg.languages, cfg.default_language)
         return cls(settings, load_secret(settings), templates, BusinessHours(settings.hours), model)

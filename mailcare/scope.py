@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import itertools
 import json
+import multiprocessing
 import os
 import re
 import re._constants as re_constants
@@ -29,24 +31,17 @@ import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import joblib
 import numpy as np
-import sklearn
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import FeatureUnion
-from sklearn.svm import LinearSVC
 
 from mailcare.config import ScopeCategory, ScopeSection
 
 # Bump when the features, the estimator or the decision inputs change: it is part of the
 # cache key, so an upgraded daemon never loads a model an older one pickled.
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
 
 KINDS = ("in", "out", "route")
 DEFAULT_THRESHOLD = 0.75
@@ -242,51 +237,7 @@ def _queue(name: str, category: ScopeCategory | None) -> str:
 # --------------------------------------------------------------------------- model
 
 
-def build_features() -> FeatureUnion:
-    """Word 1-2-grams for meaning, character 2-5-grams (within words) for inflections,
-    compounds, typos and the other language."""
-    words = TfidfVectorizer(
-        preprocessor=normalize, analyzer="word", ngram_range=(1, 2), sublinear_tf=True
-    )
-    chars = TfidfVectorizer(
-        preprocessor=normalize,
-        analyzer="char_wb",
-        ngram_range=(2, 5),
-        sublinear_tf=True,
-        min_df=2,
-    )
-    return FeatureUnion([("words", words), ("chars", chars)])
-
-
-@dataclass
-class Calibrated:
-    """A linear SVM and, per score column, the sigmoid that turns scores into probabilities.
-
-    The sigmoids are fitted on cross-validated SVM scores (Platt's method, one class against
-    the rest, then normalised, as scikit-learn's CalibratedClassifierCV does), so the
-    probabilities reflect mail the SVM had not seen.
-    """
-
-    svm: LinearSVC
-    sigmoids: list[LogisticRegression]
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(label) for label in self.svm.classes_]
-
-    def predict_proba(self, matrix: Any) -> np.ndarray:
-        """Probabilities through scikit-learn itself (the reference for the numpy path)."""
-        scores = _scores_2d(self.svm.decision_function(matrix))
-        columns = [s.predict_proba(scores[:, [k]])[:, 1] for k, s in enumerate(self.sigmoids)]
-        return _normalise(np.stack(columns, axis=1))
-
-
-def _scores_2d(scores: np.ndarray) -> np.ndarray:
-    """SVM scores as (n, k): a two-class SVM returns one column, flattened."""
-    return scores.reshape(-1, 1) if scores.ndim == 1 else scores
-
-
-def _normalise(p: np.ndarray) -> np.ndarray:
+def normalise(p: np.ndarray) -> np.ndarray:
     """One-vs-rest probabilities to a distribution; one column means two classes."""
     if p.shape[1] == 1:
         return np.hstack([1.0 - p, p])
@@ -294,68 +245,17 @@ def _normalise(p: np.ndarray) -> np.ndarray:
     return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
 
 
-# Platt scaling is unregularised in principle; a large C keeps it so and stays stable.
-_SIGMOID_C = 1e4
-
-
-def fit_calibrated(matrix: Any, labels: Sequence[str]) -> Calibrated:
-    """Fit the SVM, and one sigmoid per score column on out-of-fold scores."""
-    counts = Counter(labels)
-    thin = sorted(label for label, n in counts.items() if n < 2)
-    if thin:
-        raise ValueError(f"categories with fewer than 2 examples: {', '.join(thin)}")
-    folds = StratifiedKFold(n_splits=min(5, *counts.values()), shuffle=True, random_state=0)
-    svm = LinearSVC(C=0.5, class_weight="balanced", random_state=0)
-    held_out = cross_val_predict(svm, matrix, labels, cv=folds, method="decision_function")
-    scores = _scores_2d(held_out)
-    svm.fit(matrix, labels)
-    classes = list(svm.classes_)
-    positives = classes[1:] if scores.shape[1] == 1 else classes
-    truth = np.asarray(labels)
-    sigmoids = [
-        LogisticRegression(C=_SIGMOID_C).fit(scores[:, [k]], (truth == label).astype(int))
-        for k, label in enumerate(positives)
-    ]
-    return Calibrated(svm, sigmoids)
-
-
-@dataclass
-class Fitted:
-    """The trained parts, cached together.
-
-    Two classifiers share one feature space: one names the category, one judges only the
-    kind (in/out/route). Their kind probabilities are averaged: the kind classifier sees
-    every "ours" mail as one class, so it is steadier where a category is thin, and two
-    different views rarely make the same confident mistake.
-    """
-
-    features: FeatureUnion
-    by_category: Calibrated
-    by_kind: Calibrated | None  # None when the data holds a single kind
-
-    @property
-    def classes(self) -> list[str]:
-        return self.by_category.classes
-
-
-def fit(examples: Sequence[Example], kinds: Mapping[str, str]) -> Fitted:
-    """Fit features and both classifiers; every category needs two examples to calibrate."""
-    if not examples:
-        raise ValueError("no scope examples to train on")
-    labels = [example.category for example in examples]
-    if len(set(labels)) < 2:
-        raise ValueError("scope needs examples of at least two categories")
-    features = build_features()
-    matrix = features.fit_transform([example.document for example in examples])
-    by_category = fit_calibrated(matrix, labels)
-    kind_labels = [kinds.get(label, "in") for label in labels]
-    by_kind = fit_calibrated(matrix, kind_labels) if len(set(kind_labels)) > 1 else None
-    return Fitted(features, by_category, by_kind)
+# The features `training.build_features` fits: word 1-2-grams for meaning, character
+# 2-5-grams within words for inflections, compounds, typos and the other language.
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+WORD_GRAMS = (1, 2)
+CHAR_GRAMS = (2, 5)
 
 
 # Prediction runs once per new case; scikit-learn's per-call input checks cost ~10 ms each
-# on a small server, so the fitted parameters (vocabulary_, idf_, coef_, intercept_) are
-# applied with numpy instead. tests/test_scope.py checks the result equals scikit-learn's.
+# on a small server, and importing it costs ~100 MB, so the fitted parameters (vocabulary,
+# idf, weights, sigmoids) are applied with numpy. tests/test_scope.py checks the result
+# equals scikit-learn's.
 
 
 # A document as the union's sparse row: column indices and their tf-idf values.
@@ -365,7 +265,6 @@ Vector = tuple[np.ndarray, np.ndarray]
 # Words whose n-gram columns a `_CharGrams` keeps: enough for the vocabulary of a support
 # inbox (about 5 MB), small enough that odd tokens (hashes, log noise) cannot grow it.
 WORD_CACHE = 1 << 14
-GRAMS = {(1, 1), (1, 2)}  # word n-gram ranges `_WordGrams` counts
 
 
 class _CharGrams:
@@ -426,40 +325,16 @@ class _WordGrams:
         return counts
 
 
-def _fast_counts(
-    vectorizer: Any, vocabulary: dict[str, int]
-) -> Callable[[str], dict[int, int]] | None:
-    """The counting shortcut for a vectorizer built by `build_features`; None for any other
-    (it then goes through scikit-learn's own analyzer)."""
-    if vectorizer.preprocessor is not normalize or vectorizer.input != "content":
-        return None
-    if vectorizer.analyzer == "char_wb":
-        return _CharGrams(vocabulary, tuple(vectorizer.ngram_range))
-    plain = vectorizer.tokenizer is None and vectorizer.stop_words is None
-    if vectorizer.analyzer == "word" and plain and tuple(vectorizer.ngram_range) in GRAMS:
-        return _WordGrams(vocabulary, vectorizer.token_pattern, vectorizer.ngram_range[1] == 2)
-    return None
-
-
 @dataclass
 class _Block:
-    """One fitted TfidfVectorizer: its analyzer and the columns it owns in the union."""
+    """One TF-IDF block of the feature union: its counter and the columns it owns."""
 
-    analyze: Callable[[str], list[str]]
-    vocabulary: dict[str, int]
+    count: Callable[[str], dict[int, int]]
     idf: np.ndarray
     offset: int
-    # Column -> term count straight from `normalize(doc)`, when the analyzer is one we know.
-    count: Callable[[str], dict[int, int]] | None = None
 
-    def encode(self, doc: str, normalized: str | None = None) -> Vector:
-        if self.count is not None and normalized is not None:
-            counts = self.count(normalized)
-        else:
-            counts = {}
-            for token, times in Counter(self.analyze(doc)).items():
-                if (column := self.vocabulary.get(token)) is not None:
-                    counts[column] = times
+    def encode(self, normalized: str) -> Vector:
+        counts = self.count(normalized)
         if not counts:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
         index = np.fromiter(counts, dtype=np.intp, count=len(counts))
@@ -469,7 +344,7 @@ class _Block:
 
 
 @dataclass
-class _Linear:
+class Linear:
     """SVM weights (features x k, for row lookups) and each column's sigmoid."""
 
     weights: np.ndarray
@@ -477,42 +352,46 @@ class _Linear:
     slope: np.ndarray
     offset: np.ndarray
 
-    @classmethod
-    def of(cls, model: Calibrated) -> _Linear:
-        return cls(
-            np.ascontiguousarray(np.asarray(model.svm.coef_).T),
-            np.asarray(model.svm.intercept_),
-            np.array([float(s.coef_[0, 0]) for s in model.sigmoids]),
-            np.array([float(s.intercept_[0]) for s in model.sigmoids]),
-        )
-
     def proba(self, index: np.ndarray, values: np.ndarray) -> np.ndarray:
         scores = values @ self.weights[index] + self.intercept
         p = 1.0 / (1.0 + np.exp(-(self.slope * scores + self.offset)))
-        return np.asarray(_normalise(p.reshape(1, -1))[0])
+        return np.asarray(normalise(p.reshape(1, -1))[0])
+
+
+@dataclass
+class Tables:
+    """A trained model as plain arrays: everything prediction needs and all the cache holds.
+
+    `training.tables` makes one from a scikit-learn fit; deciding needs only numpy."""
+
+    classes: list[str]
+    words: list[str]  # word n-gram terms, by column
+    word_idf: np.ndarray
+    chars: list[str]  # character n-gram terms, by column after the words
+    char_idf: np.ndarray
+    by_category: Linear
+    by_kind: Linear | None  # None when the data holds a single kind
+    kind_classes: list[str]
 
 
 class _Predictor:
-    """The numpy form of a `Fitted`, built once per loaded model."""
+    """Counting and lookup structures built once per loaded model."""
 
-    def __init__(self, fitted: Fitted) -> None:
-        self.blocks: list[_Block] = []
-        offset = 0
-        for _, vectorizer in fitted.features.transformer_list:
-            vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
-            idf = np.asarray(vectorizer.idf_)
-            count = _fast_counts(vectorizer, vocabulary)
-            self.blocks.append(_Block(vectorizer.build_analyzer(), vocabulary, idf, offset, count))
-            offset += len(idf)
-        self.by_category = _Linear.of(fitted.by_category)
-        self.by_kind = _Linear.of(fitted.by_kind) if fitted.by_kind is not None else None
-        self.kind_classes = fitted.by_kind.classes if fitted.by_kind is not None else []
-        words = fitted.features.transformer_list[0][1]
-        self.words = [str(w) for w in words.get_feature_names_out()]
+    def __init__(self, tables: Tables) -> None:
+        words = {term: column for column, term in enumerate(tables.words)}
+        chars = {term: column for column, term in enumerate(tables.chars)}
+        self.blocks = [
+            _Block(_WordGrams(words, TOKEN_PATTERN, WORD_GRAMS[1] == 2), tables.word_idf, 0),
+            _Block(_CharGrams(chars, CHAR_GRAMS), tables.char_idf, len(tables.words)),
+        ]
+        self.by_category = tables.by_category
+        self.by_kind = tables.by_kind
+        self.kind_classes = tables.kind_classes
+        self.words = tables.words
 
     def encode(self, doc: str) -> Vector:
-        normalized = normalize(doc)  # once for every block, not once per analyzer
-        parts = [block.encode(doc, normalized) for block in self.blocks]
+        normalized = normalize(doc)  # once for both blocks
+        parts = [block.encode(normalized) for block in self.blocks]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -520,7 +399,7 @@ class _Predictor:
 class ScopeModel:
     """A trained model plus the config that turns its probabilities into decisions."""
 
-    fitted: Fitted
+    tables: Tables
     kinds: dict[str, str]
     categories: dict[str, ScopeCategory] = field(default_factory=dict)
     threshold: float = DEFAULT_THRESHOLD
@@ -545,23 +424,25 @@ class ScopeModel:
 
         Without categories or kinds every label counts as "in", the safe reading.
         """
+        from mailcare.training import train  # scikit-learn is imported only to train
+
         known = dict(categories or {})
         kind_map = kind_map_for(examples, known, kinds)
-        fitted = fit(examples, kind_map)
-        return cls(fitted, kind_map, known, threshold, margin, min_words, len(examples))
+        tables = train(examples, kind_map)
+        return cls(tables, kind_map, known, threshold, margin, min_words, len(examples))
 
     @property
     def classes(self) -> list[str]:
-        return self.fitted.classes
+        return self.tables.classes
 
     @property
     def predictor(self) -> _Predictor:
         if self._predictor is None:
-            self._predictor = _Predictor(self.fitted)
+            self._predictor = _Predictor(self.tables)
         return self._predictor
 
     def warm_up(self) -> None:
-        """Build the prediction tables now (the daemon does this at start, not on a mail)."""
+        """Build the lookup structures now (the daemon does this at start, not on a mail)."""
         _ = self.predictor
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -745,7 +626,8 @@ def example_line(example: Example) -> str:
 def cache_key(examples: Sequence[Example], categories: Mapping[str, ScopeCategory]) -> str:
     """sha256 over examples, category config and code versions: a new value retrains."""
     digest = hashlib.sha256()
-    digest.update(f"mailcare-scope {MODEL_VERSION} sklearn {sklearn.__version__}\n".encode())
+    trainer = importlib.metadata.version("scikit-learn")
+    digest.update(f"mailcare-scope {MODEL_VERSION} scikit-learn {trainer}\n".encode())
     config = {name: category.model_dump(mode="json") for name, category in categories.items()}
     digest.update(json.dumps(config, sort_keys=True).encode())
     for example in examples:
@@ -757,7 +639,7 @@ def cache_key(examples: Sequence[Example], categories: Mapping[str, ScopeCategor
 # Everything below reads or writes files; the daemon calls it at start and on SIGHUP.
 
 CACHE_PREFIX = "scope-"
-CACHE_SUFFIX = ".joblib"
+CACHE_SUFFIX = ".npz"
 
 
 def load_examples(folder_or_file: Path) -> list[Example]:
@@ -791,58 +673,102 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def load_or_train(
-    section: ScopeSection, cache_dir: Path, corrections: Path | None = None
+    section: ScopeSection,
+    cache_dir: Path,
+    corrections: Path | None = None,
+    *,
+    apart: bool = False,
 ) -> ScopeModel:
     """The model for this config: from `cache_dir` when the content hash matches, else trained.
 
     `corrections` is the JSONL file owners' `#scope` corrections are appended to (in the
     writable state folder, since the examples folder may be read-only under systemd).
-    Only `cache_dir/scope-<sha256>.joblib` is ever unpickled, and only a file this function
-    wrote; a damaged one is replaced. Older cache files are removed after a new one lands.
+    The cache is `cache_dir/scope-<sha256>.npz`: arrays only, read without pickle, so a
+    planted file can at worst make a bad model, never run code; a damaged one is replaced.
+    With `apart`, training runs in a child process (the daemon's choice): scikit-learn and
+    its ~100 MB never enter the long-running process.
     """
     examples = load_examples(section.examples_dir)
     if corrections is not None and corrections.is_file():
         examples += load_examples(corrections)
     categories = dict(section.categories)
+    kinds = kind_map_for(examples, categories, None)
     key = cache_key(examples, categories)
     path = cache_dir / f"{CACHE_PREFIX}{key}{CACHE_SUFFIX}"
-    fitted = _read_cache(path)
-    if fitted is not None:
-        kinds = kind_map_for(examples, categories, None)
-        model = ScopeModel(
-            fitted, kinds, categories, section.threshold, section.margin, section.min_words
+    tables = read_tables(path)
+    origin = "cache"
+    if tables is None:
+        origin = "trained"
+        tables = (
+            _train_apart(path, examples, kinds) if apart else _train_here(path, examples, kinds)
         )
-        model.examples, model.origin = len(examples), "cache"
-    else:
-        model = ScopeModel.train(
-            examples,
-            categories,
-            threshold=section.threshold,
-            margin=section.margin,
-            min_words=section.min_words,
-        )
-        _write_cache(path, model.fitted)
+    model = ScopeModel(
+        tables, kinds, categories, section.threshold, section.margin, section.min_words
+    )
+    model.examples, model.origin = len(examples), origin
     model.warm_up()
     return model
 
 
-def _read_cache(path: Path) -> Fitted | None:
-    if not path.is_file():
-        return None
-    try:
-        loaded = joblib.load(path)
-    except Exception:  # a truncated or foreign file: retrain rather than stop the daemon
-        return None
-    return loaded if isinstance(loaded, Fitted) else None
+def _train_here(path: Path, examples: Sequence[Example], kinds: Mapping[str, str]) -> Tables:
+    from mailcare.training import train
+
+    tables = train(examples, kinds)
+    write_tables(path, tables)
+    return tables
 
 
-def _write_cache(path: Path, fitted: Fitted) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a pickle."""
+def _train_apart(path: Path, examples: Sequence[Example], kinds: Mapping[str, str]) -> Tables:
+    """Train in a fresh interpreter that writes the cache, then read it like any cache hit.
+    A training error (too few examples...) comes back raised as it was."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as child:
+        child.submit(_train_in_child, path, list(examples), dict(kinds)).result()
+    tables = read_tables(path)
+    if tables is None:
+        raise ValueError(f"{path}: the trained model could not be read back")
+    return tables
+
+
+def _train_in_child(path: Path, examples: list[Example], kinds: dict[str, str]) -> None:
+    """Runs in the child: the only place `_train_apart` imports scikit-learn."""
+    from mailcare.training import train_into
+
+    train_into(path, examples, kinds)
+
+
+def _linear_arrays(prefix: str, linear: Linear) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_weights": linear.weights,
+        f"{prefix}_intercept": linear.intercept,
+        f"{prefix}_slope": linear.slope,
+        f"{prefix}_offset": linear.offset,
+    }
+
+
+def _strings(values: Sequence[str]) -> np.ndarray:
+    return np.array(list(values), dtype=np.str_)
+
+
+def write_tables(path: Path, tables: Tables) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a model; older
+    cache files go once the new one is in place."""
+    arrays = {
+        "classes": _strings(tables.classes),
+        "words": _strings(tables.words),
+        "word_idf": tables.word_idf,
+        "chars": _strings(tables.chars),
+        "char_idf": tables.char_idf,
+        "kind_classes": _strings(tables.kind_classes),
+        **_linear_arrays("category", tables.by_category),
+    }
+    if tables.by_kind is not None:
+        arrays.update(_linear_arrays("kind", tables.by_kind))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".scope-", suffix=".tmp")
-    os.close(handle)
     try:
-        joblib.dump(fitted, temp)
+        with os.fdopen(handle, "wb") as out:
+            np.savez(out, allow_pickle=False, **arrays)
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
@@ -850,3 +776,56 @@ def _write_cache(path: Path, fitted: Fitted) -> None:
     for old in path.parent.glob(f"{CACHE_PREFIX}*{CACHE_SUFFIX}"):
         if old != path:
             old.unlink(missing_ok=True)
+
+
+def read_tables(path: Path) -> Tables | None:
+    """The cached model, or None when there is none or it does not hold together."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            tables = _tables_from(dict(data.items()))
+    except Exception:  # truncated, foreign or inconsistent: retrain rather than stop
+        return None
+    return tables if _consistent(tables) else None
+
+
+def _tables_from(data: dict[str, np.ndarray]) -> Tables:
+    def linear(prefix: str) -> Linear | None:
+        if f"{prefix}_weights" not in data:
+            return None
+        return Linear(
+            np.ascontiguousarray(data[f"{prefix}_weights"], dtype=float),
+            data[f"{prefix}_intercept"].astype(float),
+            data[f"{prefix}_slope"].astype(float),
+            data[f"{prefix}_offset"].astype(float),
+        )
+
+    by_category = linear("category")
+    if by_category is None:
+        raise ValueError("no category weights")
+    return Tables(
+        classes=[str(c) for c in data["classes"].tolist()],
+        words=[str(w) for w in data["words"].tolist()],
+        word_idf=data["word_idf"].astype(float),
+        chars=[str(c) for c in data["chars"].tolist()],
+        char_idf=data["char_idf"].astype(float),
+        by_category=by_category,
+        by_kind=linear("kind"),
+        kind_classes=[str(c) for c in data["kind_classes"].tolist()],
+    )
+
+
+def _consistent(tables: Tables) -> bool:
+    features = len(tables.words) + len(tables.chars)
+    shapes_ok = len(tables.word_idf) == len(tables.words) and len(tables.char_idf) == len(
+        tables.chars
+    )
+    linears = [(tables.by_category, len(tables.classes))]
+    if tables.by_kind is not None:
+        linears.append((tables.by_kind, len(tables.kind_classes)))
+    for linear, classes in linears:
+        columns = 1 if classes == 2 else classes
+        if linear.weights.shape != (features, columns) or len(linear.slope) != columns:
+            return False
+    return shapes_ok and len(tables.classes) >= 2

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mailcare import config
+from mailcare import config, training
 from mailcare.config import ConfigError, ScopeCategory
 from mailcare.evaluate import cli_eval, cli_train, evaluate, format_report, kinds_for
 from mailcare.scope import (
@@ -20,6 +22,7 @@ from mailcare.scope import (
     cache_key,
     document,
     fold,
+    kind_map_for,
     load_examples,
     load_or_train,
     rule_decision,
@@ -76,7 +79,7 @@ def test_keyword_rule_wins_and_is_explained() -> None:
 def test_rule_wins_over_the_model(model: ScopeModel) -> None:
     """A confident model answer does not overrule a certain rule."""
     categories = {**model.categories, "hosting": in_category(keywords=("fibra spenta",))}
-    ruled = ScopeModel(model.fitted, model.kinds, categories, model.threshold, model.margin)
+    ruled = ScopeModel(model.tables, model.kinds, categories, model.threshold, model.margin)
     decision = ruled.decide(subject="fibra spenta", text="La spia della fibra è rossa da ieri.")
     assert (decision.kind, decision.category) == ("in", "hosting")
     assert decision.reason == "rule: keyword 'fibra spenta' (hosting)"
@@ -193,12 +196,16 @@ def test_model_reason_names_probability_and_terms(model: ScopeModel) -> None:
     assert len(terms) == 3 and all(term in fold(text) for term in terms)
 
 
-def test_numpy_prediction_equals_scikit_learn(model: ScopeModel) -> None:
+def test_numpy_prediction_equals_scikit_learn(scope_section: config.ScopeSection) -> None:
+    examples = load_examples(CLASSIFIERS)
+    kinds = kind_map_for(examples, dict(scope_section.categories), None)
+    fitted = training.fit(examples, kinds)
+    model = ScopeModel(training.tables(fitted), kinds, dict(scope_section.categories))
     docs = [document(e.subject, e.body) for e in load_examples(HELDOUT)[:40]]
-    matrix = model.fitted.features.transform(docs)
-    reference = model.fitted.by_category.predict_proba(matrix)
+    matrix = fitted.features.transform(docs)
+    reference = fitted.by_category.predict_proba(matrix)
     assert np.abs(model.predict_proba(docs) - reference).max() < 1e-9
-    by_kind = model.fitted.by_kind
+    by_kind = fitted.by_kind
     assert by_kind is not None
     kinds = by_kind.predict_proba(matrix)
     for doc, row in zip(docs, kinds, strict=True):
@@ -321,10 +328,10 @@ def test_cache_is_reused_by_content_hash(tmp_path: Path) -> None:
     section = bakery_section(examples_dir)
 
     first = load_or_train(section, state)
-    cached = list(state.glob("scope-*.joblib"))
+    cached = list(state.glob("scope-*.npz"))
     assert first.origin == "trained" and len(cached) == 1
     key = cache_key(load_examples(examples_dir), dict(section.categories))
-    assert cached[0].name == f"scope-{key}.joblib"
+    assert cached[0].name == f"scope-{key}.npz"
 
     second = load_or_train(section.model_copy(update={"threshold": 0.7}), state)
     assert second.origin == "cache" and second.threshold == 0.7
@@ -334,7 +341,7 @@ def test_cache_is_reused_by_content_hash(tmp_path: Path) -> None:
     append_example(path, Example("pane", "pane di segale", "bread"))
     third = load_or_train(section, state)
     assert third.origin == "trained"
-    assert list(state.glob("scope-*.joblib")) != cached and len(list(state.glob("*.joblib"))) == 1
+    assert list(state.glob("scope-*.npz")) != cached and len(list(state.glob("*.npz"))) == 1
 
 
 def test_damaged_cache_is_retrained(tmp_path: Path) -> None:
@@ -343,10 +350,61 @@ def test_damaged_cache_is_retrained(tmp_path: Path) -> None:
     write_lines(examples_dir / "a.jsonl", [json.dumps(e.__dict__) for e in bakery_examples()])
     section = bakery_section(examples_dir)
     load_or_train(section, state)
-    (cached,) = state.glob("scope-*.joblib")
-    cached.write_bytes(b"not a pickle")
+    (cached,) = state.glob("scope-*.npz")
+    cached.write_bytes(b"not a model")
     assert load_or_train(section, state).origin == "trained"
     assert load_or_train(section, state).origin == "cache"
+
+
+def test_cache_holds_arrays_only(tmp_path: Path) -> None:
+    """The cache is read with allow_pickle=False: an object array (which would need
+    pickle, and could run code) makes it unreadable, so the model is trained again."""
+    examples_dir, state = tmp_path / "classifiers", tmp_path / "state"
+    examples_dir.mkdir()
+    write_lines(examples_dir / "a.jsonl", [json.dumps(e.__dict__) for e in bakery_examples()])
+    section = bakery_section(examples_dir)
+    load_or_train(section, state)
+    (cached,) = state.glob("scope-*.npz")
+    with np.load(cached, allow_pickle=False) as data:
+        arrays = dict(data.items())
+    assert all(array.dtype != object for array in arrays.values())
+    arrays["classes"] = np.array(["bread", "cakes", "plumbing"], dtype=object)
+    with cached.open("wb") as out:
+        np.savez(out, **arrays)
+    assert load_or_train(section, state).origin == "trained"
+
+
+def test_training_apart_keeps_scikit_learn_out_of_the_process(tmp_path: Path) -> None:
+    """What the daemon does: train in a child, load the arrays; a fresh interpreter that
+    trains apart and decides has never imported scikit-learn."""
+    examples_dir, state = tmp_path / "classifiers", tmp_path / "state"
+    examples_dir.mkdir()
+    write_lines(examples_dir / "a.jsonl", [json.dumps(e.__dict__) for e in bakery_examples()])
+    section = bakery_section(examples_dir).model_dump_json()
+    script = f"""
+import sys
+from pathlib import Path
+from mailcare.config import ScopeSection
+from mailcare.scope import load_or_train
+section = ScopeSection.model_validate_json({section!r})
+model = load_or_train(section, Path({str(state)!r}), apart=True)
+decision = model.decide(subject="torta", text="vorrei una torta al cioccolato")
+print(model.origin, decision.category, "sklearn" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["trained", "cakes", "False"]
+
+
+def test_training_apart_reports_bad_examples(tmp_path: Path) -> None:
+    examples_dir, state = tmp_path / "classifiers", tmp_path / "state"
+    examples_dir.mkdir()
+    lone = [e for e in bakery_examples() if e.category != "bread"][:-1]
+    lone.append(Example("pane", "pane di segale", "bread"))
+    write_lines(examples_dir / "a.jsonl", [json.dumps(e.__dict__) for e in lone])
+    with pytest.raises(ValueError, match="fewer than 2 examples: bread"):
+        load_or_train(bakery_section(examples_dir), state, apart=True)
 
 
 # --------------------------------------------------------------------------- evaluation
