@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailcare import compose
 from mailcare.compose import (
     MAX_SUBJECT_CHARS,
     SAMPLE_VALUES,
@@ -573,3 +574,21 @@ def test_real_subjects_names_and_bodies_build_safely(templates: Templates) -> No
         assert display_name(raw) == one_line(name)[:200].rstrip()
         checked += 1
     assert checked > 50
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(max_size=300),
+    name=st.text(max_size=120),
+    text=st.text(max_size=400) | st.text(min_size=1000, max_size=1400),
+    local=st.sampled_from(["mario.bianchi", "mário", "ジョン"]),
+)
+def test_direct_writer_equals_the_email_package(
+    subject: str, name: str, text: str, local: str
+) -> None:
+    """A mail without attachments is written without the email package's generator; the
+    bytes must be exactly what the package writes from the same headers and body."""
+    out = outgoing(subject=subject, from_name=name, text=text, to=(f"{local}@example.com",))
+    headers = compose._headers(out, WHEN)
+    assert compose._plain(headers, out.text) == compose._composed(headers, out)
+    assert build(out, date=WHEN) == compose._plain(headers, out.text)
