@@ -50,6 +50,11 @@ DEFAULT_MARGIN = 0.4
 # phrasing can look like a foreign one. Below this many words nobody is sent away.
 DEFAULT_MIN_WORDS = 12
 _WORDS = re.compile(r"\w+")
+# The model reads the subject and this much of the new text: people say what is wrong at
+# the top, and what a long mail adds below (pasted logs, ping output, invoice lists) only
+# costs time (it is most of the text of a long mail) and dilutes the words that matter.
+# The rules read the whole text.
+MODEL_TEXT_CHARS = 2000
 # How many model terms a reason names; enough for an agent to see why, short for a log line.
 REASON_TERMS = 3
 
@@ -65,7 +70,7 @@ class Example:
 
     @property
     def document(self) -> str:
-        return document(self.subject, self.body)
+        return document(self.subject, self.body[:MODEL_TEXT_CHARS])
 
 
 @dataclass(frozen=True)
@@ -473,7 +478,7 @@ class ScopeModel:
         ruled = rule_decision(self.categories, subject=subject, text=text, sender=sender)
         if ruled is not None:
             return ruled
-        doc = document(subject, text)
+        doc = document(subject, text[:MODEL_TEXT_CHARS])
         if not fold(doc).strip():
             return Decision("unsure", "", 0.0, "model: empty mail", "")
         vector = self.predictor.encode(doc)

@@ -15,6 +15,7 @@ from mailcare import config, training
 from mailcare.config import ConfigError, ScopeCategory
 from mailcare.evaluate import cli_eval, cli_train, evaluate, format_report, kinds_for
 from mailcare.scope import (
+    MODEL_TEXT_CHARS,
     Decision,
     Example,
     ScopeModel,
@@ -463,3 +464,17 @@ def test_scope_core_stays_pure() -> None:
     }
     roots = {name.split(".")[0] for name in imported}
     assert not roots & {"sqlite_utils", "imapclient", "aiosmtplib", "asyncio", "socket", "time"}
+
+
+def test_model_reads_the_top_of_a_long_mail_rules_read_all(model: ScopeModel) -> None:
+    """A pasted log under the complaint changes neither the decision nor its reason; a
+    rule's keyword far down still counts."""
+    text = "Da stamattina la fibra non va: la spia della fibra sul modem è rossa e non navigo."
+    top = text + "\n" + "ping 192.0.2.1: timeout\n" * ((MODEL_TEXT_CHARS - len(text)) // 24)
+    log = top + "traceroute hop 7 * * * stampante lavatrice frigorifero\n" * 300
+    head = log[:MODEL_TEXT_CHARS]
+    assert model.decide(subject="Fibra KO", text=log) == model.decide(subject="Fibra KO", text=head)
+    assert model.decide(subject="Fibra KO", text=log).kind == "in"
+    categories = {"device": out_category(keywords=("stampante",))}
+    hit = rule_decision(categories, subject="", text=top + "\nla stampante", sender="")
+    assert hit is not None and hit.category == "device"
