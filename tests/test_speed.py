@@ -17,15 +17,17 @@ import random
 import re
 import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from spine import config_text, customer_mail, reply_to
 
 from mailcare import config as config_mod
 from mailcare import daemon as daemon_mod
-from mailcare import scope, tokens
+from mailcare import scope, tokens, training
 from mailcare.config import ScopeCategory
 from mailcare.imap import Fetched
 from mailcare.store import OPEN_STATES, Store
@@ -69,9 +71,16 @@ def training_docs() -> list[str]:
 
 @pytest.fixture(scope="module")
 def features() -> object:
-    union = scope.build_features()
+    union = training.build_features()
     union.fit(training_docs())
     return union
+
+
+def _counter(vectorizer: Any, vocabulary: dict[str, int]) -> Callable[[str], dict[int, int]]:
+    """The counter `scope` builds for this block from the cached tables."""
+    if vectorizer.analyzer == "char_wb":
+        return scope._CharGrams(vocabulary, scope.CHAR_GRAMS)
+    return scope._WordGrams(vocabulary, scope.TOKEN_PATTERN, scope.WORD_GRAMS[1] == 2)
 
 
 def test_fast_counts_equal_the_analyzers_counts_in_order(features: object) -> None:
@@ -79,8 +88,7 @@ def test_fast_counts_equal_the_analyzers_counts_in_order(features: object) -> No
     docs = training_docs()[:150] + hostile_docs(800)
     for _, vectorizer in features.transformer_list:  # type: ignore[attr-defined]
         vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
-        count = scope._fast_counts(vectorizer, vocabulary)
-        assert count is not None, vectorizer.analyzer
+        count = _counter(vectorizer, vocabulary)
         analyze = vectorizer.build_analyzer()
         for doc in docs:
             expected = {
@@ -92,10 +100,13 @@ def test_fast_counts_equal_the_analyzers_counts_in_order(features: object) -> No
             assert list(got.items()) == list(expected.items()), repr(doc)
 
 
-def test_unknown_vectorizers_get_no_shortcut(features: object) -> None:
-    _, chars = features.transformer_list[1]  # type: ignore[attr-defined]
-    other = chars.set_params(preprocessor=str.lower)
-    assert scope._fast_counts(other, {}) is None
+def test_training_fits_the_features_the_counters_assume(features: object) -> None:
+    words, chars = (v for _, v in features.transformer_list)  # type: ignore[attr-defined]
+    assert (words.analyzer, tuple(words.ngram_range)) == ("word", scope.WORD_GRAMS)
+    assert words.token_pattern == scope.TOKEN_PATTERN and words.tokenizer is None
+    assert (chars.analyzer, tuple(chars.ngram_range)) == ("char_wb", scope.CHAR_GRAMS)
+    assert words.preprocessor is chars.preprocessor is scope.normalize
+    assert words.stop_words is None and words.sublinear_tf and chars.sublinear_tf
 
 
 # -- scope: rule prefilters ---------------------------------------------------------------
