@@ -87,7 +87,7 @@ def run(config_path: Path | None, log_format: str | None, once: bool) -> None:
     path = _config_path(config_path)
     settings = config_mod.load(path)
     setup_logging(log_format or settings.log.format, settings.log.level)
-    daemon = Daemon(settings, config_path=path, once=once)
+    daemon = Daemon(settings, config_path=path, once=once, log_format=log_format)
     daemon.install_signals()
     try:
         code = daemon.run()

@@ -29,6 +29,7 @@ from . import config as config_mod
 from . import metrics, pipeline
 from .config import Settings
 from .imap import Backoff, Fetched, ImapAuthError, ImapError, ImapSource, ImapUnavailable
+from .logs import setup_logging
 from .mail import Mail
 from .oauth import TokenCommand, token_source
 from .outbox import OutboxWorker
@@ -54,8 +55,10 @@ class Daemon:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
         once: bool = False,
+        log_format: str | None = None,
     ) -> None:
         self.settings = settings
+        self.log_format = log_format  # --log-format, which outranks [log] format
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.clock = clock
@@ -481,7 +484,10 @@ class Daemon:
         imap_changed = settings.imap != self.settings.imap
         smtp_changed = settings.smtp != self.settings.smtp
         mode_changed = settings.mailcare.mode != self.settings.mailcare.mode
+        log_changed = settings.log != self.settings.log
         self.settings, self.engine = settings, engine
+        if log_changed:
+            setup_logging(self.log_format or settings.log.format, settings.log.level)
         if (imap_changed or mode_changed) and self._source is not None:
             self._source.close()
             self._source = None

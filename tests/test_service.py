@@ -663,3 +663,26 @@ def test_check_unknown_key_names_the_key(
     assert result.exit_code == 2
     assert "smtp.retry_bse: unknown key" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_sighup_applies_a_new_log_format_and_level(
+    tmp_path: Path,
+    lab_imap: LabImap,
+    lab_smtp: LabSmtp,
+    notify: NotifySocket,
+    processes: Callable[..., DaemonProcess],
+) -> None:
+    config = write(tmp_path, lab_imap.port, lab_smtp)
+    daemon = processes(config, env=notify.env())
+    notify.wait_for("READY=1")
+    config.write_text(
+        with_settings(config.read_text(encoding="utf-8"), log={"format": "json"}),
+        encoding="utf-8",
+    )
+    mark = len(daemon.lines)
+    daemon.send(signal.SIGHUP)
+    line = daemon.wait_for("event=reloaded", after=mark)
+    record = json.loads(line[line.index("{") :])
+    assert record["level"] == "info" and record["fields"]["event"] == "reloaded"
+    code, _ = daemon.stop()
+    assert code == 0
