@@ -29,6 +29,7 @@ import contextlib
 import imaplib
 import logging
 import selectors
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -340,9 +341,29 @@ class ImapSource:
         sock = self.client.socket()
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True  # already decrypted, the kernel would not report it
+        if self._buffered(sock):
+            return True
         with self._guard("IDLE"), selectors.DefaultSelector() as selector:
             selector.register(sock, selectors.EVENT_READ)
             return bool(selector.select(timeout))
+
+    def _buffered(self, sock: socket.socket) -> bool:
+        """True when imaplib has already read more than it handed out. A server that sends
+        `* 5 EXISTS` right behind `+ idling` puts both in one segment; imaplib reads the
+        segment into its buffer and returns the first line, so the socket never becomes
+        readable for the second and the news would wait for the poll."""
+        reader = getattr(self.client._imap, "file", None)
+        peek = getattr(reader, "peek", None)
+        if peek is None:
+            return False
+        previous = sock.gettimeout()
+        sock.setblocking(False)  # peek reads the socket only when the buffer is empty
+        try:
+            return bool(peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        finally:
+            sock.settimeout(previous)
 
     def _start_idle(self) -> None:
         now = time.monotonic()

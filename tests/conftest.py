@@ -61,7 +61,8 @@ def dovecot_user(dovecot: dovecot_lab.Dovecot) -> str:
 class FaultProxy:
     """A TCP proxy on 127.0.0.1 in front of a server, for network faults a server cannot
     produce on demand (RELIABILITY I02, I04): pass, cut after N bytes server->client,
-    stall (sockets open, nothing forwarded), reset (RST to the client)."""
+    stall (sockets open, nothing forwarded), reset (RST to the client), coalesce (a
+    continuation line `+ ...` is held and sent in one segment with what follows it)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -71,6 +72,7 @@ class FaultProxy:
         self.forwarded = 0  # bytes server->client, for assertions
         self.upstream = bytearray()  # everything client->server, for assertions
         self._budget = 0
+        self._held = b""  # a continuation line waiting for the next server data (coalesce)
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -93,6 +95,9 @@ class FaultProxy:
 
     def stall(self) -> None:
         self.mode = "stall"
+
+    def coalesce(self) -> None:
+        self.mode = "coalesce"
 
     def cut(self, after: int) -> None:
         """Forward `after` more bytes from the server, then close both sides."""
@@ -132,6 +137,11 @@ class FaultProxy:
                 self.forwarded += self._budget
                 await writer.drain()
                 break
+            if downstream and self.mode == "coalesce":
+                if data.startswith(b"+") and not self._held:
+                    self._held = data
+                    continue
+                data, self._held = self._held + data, b""
             if downstream:
                 self._budget -= len(data) if self.mode == "cut" else 0
                 self.forwarded += len(data)

@@ -233,6 +233,24 @@ def test_wait_returns_promptly_on_delivery_with_idle(server: Server, open_source
     assert len(source.uids_after(0)) == 1
 
 
+def test_news_arriving_with_the_idle_continuation_is_not_missed(
+    server: Server, fault_proxy: Any, open_source: Any
+) -> None:
+    """`+ idling` and `* 1 EXISTS` in one segment: imaplib buffers the EXISTS while reading
+    the continuation, so the socket never turns readable for it; wait() must still see it
+    at once rather than at the next poll."""
+    proxy = fault_proxy(server.host, server.port)
+    source = open_source(proxy.host, proxy.port, server.user)
+    assert source.uids_after(0) == []
+    proxy.coalesce()
+    thread = deliver_later(server, message(1), 0.3)
+    started = time.monotonic()
+    assert source.wait(8) is True
+    assert time.monotonic() - started < 3.0
+    thread.join()
+    assert len(source.uids_after(0)) == 1
+
+
 def test_wait_without_news_returns_false_after_timeout(server: Server, open_source: Any) -> None:
     source = connected(open_source, server)
     started = time.monotonic()
