@@ -7,12 +7,13 @@ are summed before they are compared (five small "ours" beat one middling "not ou
 "not ours" or "route" must also beat "ours" by `margin`, in a mail of at least `min_words`.
 Everything else is `unsure` and a person looks.
 
-The model is scikit-learn, trained in seconds from the JSONL examples in `classifiers/`:
-word 1-2-grams and character 2-5-grams (so Italian inflections, English and typos all land
-on shared features) feeding two linear SVMs, one per category and one per kind, whose
-scores are calibrated into probabilities on cross-validated scores. Only the bottom of the
-module (`load_examples`, `append_example`, `load_or_train`) touches files; the rest works
-on plain strings.
+The model is trained in seconds by scikit-learn (`training.py`) from the JSONL examples in
+`classifiers/`: word 1-2-grams and character 2-5-grams (so Italian inflections, English and
+typos all land on shared features) feeding two linear SVMs, one per category and one per
+kind, whose scores are calibrated into probabilities on cross-validated scores. Here it is
+only applied, from plain arrays (`Tables`) with numpy. Only the bottom of the module
+(`load_examples`, `append_example`, `load_or_train`, the cache) touches files; the rest
+works on plain strings.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import numpy as np
 from mailcare.config import ScopeCategory, ScopeSection
 
 # Bump when the features, the estimator or the decision inputs change: it is part of the
-# cache key, so an upgraded daemon never loads a model an older one pickled.
+# cache key, so an upgraded daemon never loads a model an older one cached.
 MODEL_VERSION = "2"
 
 KINDS = ("in", "out", "route")
