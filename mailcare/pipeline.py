@@ -180,7 +180,7 @@ def gather(
         case_row=row,
         customer_ids=customer_ids,
         open_counts=store.open_counts() if new else {},
-        last_assigned=store.meta("rr_last") or None,
+        last_assigned=(store.meta("rr_last") or None) if new else None,
         previous_owner=(
             store.previous_owner(sender, now - settings.owners.sticky_days * DAY)
             if new and sender
