@@ -176,6 +176,7 @@ def tables(fitted: Fitted) -> Tables:
 
 
 def train(examples: Sequence[Example], kinds: Mapping[str, str]) -> Tables:
+    """Fit, and keep only what deciding needs (the scikit-learn objects are dropped)."""
     return tables(fit(examples, kinds))
 
 
