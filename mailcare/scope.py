@@ -380,6 +380,16 @@ class Tables:
     kind_classes: list[str]
 
 
+def word_counter(vocabulary: dict[str, int]) -> Callable[[str], dict[int, int]]:
+    """Column counts for the word block `training.build_features` fits."""
+    return _WordGrams(vocabulary, TOKEN_PATTERN, WORD_GRAMS[1] == 2)
+
+
+def char_counter(vocabulary: dict[str, int]) -> Callable[[str], dict[int, int]]:
+    """Column counts for the character block `training.build_features` fits."""
+    return _CharGrams(vocabulary, CHAR_GRAMS)
+
+
 class _Predictor:
     """Counting and lookup structures built once per loaded model."""
 
@@ -387,8 +397,8 @@ class _Predictor:
         words = {term: column for column, term in enumerate(tables.words)}
         chars = {term: column for column, term in enumerate(tables.chars)}
         self.blocks = [
-            _Block(_WordGrams(words, TOKEN_PATTERN, WORD_GRAMS[1] == 2), tables.word_idf, 0),
-            _Block(_CharGrams(chars, CHAR_GRAMS), tables.char_idf, len(tables.words)),
+            _Block(word_counter(words), tables.word_idf, 0),
+            _Block(char_counter(chars), tables.char_idf, len(tables.words)),
         ]
         self.by_category = tables.by_category
         self.by_kind = tables.by_kind

@@ -17,10 +17,8 @@ import random
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from spine import config_text, customer_mail, reply_to
@@ -76,19 +74,13 @@ def features() -> object:
     return union
 
 
-def _counter(vectorizer: Any, vocabulary: dict[str, int]) -> Callable[[str], dict[int, int]]:
-    """The counter `scope` builds for this block from the cached tables."""
-    if vectorizer.analyzer == "char_wb":
-        return scope._CharGrams(vocabulary, scope.CHAR_GRAMS)
-    return scope._WordGrams(vocabulary, scope.TOKEN_PATTERN, scope.WORD_GRAMS[1] == 2)
-
-
 def test_fast_counts_equal_the_analyzers_counts_in_order(features: object) -> None:
     """Same columns, same counts, same order (the order feeds a float dot product)."""
     docs = training_docs()[:150] + hostile_docs(800)
     for _, vectorizer in features.transformer_list:  # type: ignore[attr-defined]
         vocabulary = {str(k): int(v) for k, v in vectorizer.vocabulary_.items()}
-        count = _counter(vectorizer, vocabulary)
+        make = scope.char_counter if vectorizer.analyzer == "char_wb" else scope.word_counter
+        count = make(vocabulary)
         analyze = vectorizer.build_analyzer()
         for doc in docs:
             expected = {
