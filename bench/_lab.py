@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -262,6 +262,10 @@ class Sink:
                 raise TimeoutError(f"sink got {len(self._received)} of {count} mails")
             return self._received[count - 1].at
 
+    def cpu(self) -> float:
+        """CPU seconds the sink process has used so far."""
+        return _cpu(self._process.pid)
+
     def stop(self) -> None:
         self._process.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -365,13 +369,18 @@ def _kib(pid: int, name: str, field: str) -> int:
     return 0
 
 
-def _cpu(pid: int) -> float:
+def _cpu(pid: int, stat: str = "stat") -> float:
     """User + system CPU seconds of a live process (0 once it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/{stat}").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread (0 once it is gone)."""
+    return _cpu(pid, f"task/{tid}/stat")
 
 
 def _children(pid: int) -> list[int]:
@@ -427,6 +436,17 @@ class Daemon:
         self.sample_memory()
         return self.peak_rss / 1024, self.peak_pss / 1024
 
+    def cpu_parts(self) -> dict[str, float]:
+        """CPU seconds so far of the daemon's main thread (intake), its other threads (the
+        outbox and its commit helpers) and its parse workers."""
+        pid = self.process.pid
+        main = _thread_cpu(pid, pid)
+        return {
+            "intake thread": main,
+            "outbox threads": _cpu(pid) - main,
+            "parse workers": sum(_cpu(child) for child in _children(pid)),
+        }
+
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the daemon and its workers, as last sampled."""
         self.sample_memory()
@@ -474,6 +494,8 @@ class Drain:
     pss: float  # peak PSS of the daemon and its parse workers together, MB
     cases: int
     queued: int
+    # CPU seconds from event=ready until the outbox was empty, by part (and the SMTP sink)
+    parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -489,6 +511,7 @@ def drain(
     daemon = Daemon(config)
     try:
         started = daemon.wait_ready()
+        before = {**daemon.cpu_parts(), "SMTP sink": sink.cpu()}
         with mailbox.client(user) as watcher:
             highest = max(watcher.search(["ALL"]))
 
@@ -501,6 +524,7 @@ def drain(
 
             done = wait_until(marked, 3600, "every mail processed and marked", poll=0.05)
         sent = wait_until(lambda: daemon.pending() == 0, 3600, "the outbox to empty", poll=0.1)
+        after = {**daemon.cpu_parts(), "SMTP sink": sink.cpu()}
         cases = int(daemon.query("SELECT COUNT(*) FROM cases")[0][0])
         queued = int(daemon.query("SELECT COUNT(*) FROM outbox")[0][0])
         cpu = daemon.cpu_seconds()
@@ -510,7 +534,8 @@ def drain(
     finally:
         daemon.stop()
     main, total = daemon.peak_rss_mb()
-    return Drain(count, done - started, sent - started, cpu, main, total, cases, queued)
+    parts = {name: after[name] - before[name] for name in after}
+    return Drain(count, done - started, sent - started, cpu, main, total, cases, queued, parts)
 
 
 def fetch_floor(mailbox: Mailbox, user: str, chunk: int = 500) -> tuple[int, int, float]:

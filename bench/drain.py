@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(f"ratio        {ratio:8.2f}       mailcare / floor")
     say(f"daemon CPU   {1000 * run.cpu / args.n:8.2f} ms per mail (start-up included)")
+    parts = ", ".join(f"{name} {1000 * s / args.n:.2f}" for name, s in run.parts.items())
+    say(f"CPU by part  ms per mail from ready until the outbox is empty: {parts}")
     say(
         f"memory       {run.rss:8.0f} MB peak RSS of the daemon; {run.pss:.0f} MB peak PSS with "
         "its parse workers"
