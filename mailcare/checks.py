@@ -45,7 +45,7 @@ def _classifier(settings: Settings, echo: Callable[[str], None]) -> list[str]:
         return []
     try:
         from .pipeline import corrections_file, model_dir
-        from .scope import load_or_train
+        from .scope_cache import load_or_train
 
         model = load_or_train(settings.scope, model_dir(settings), corrections_file(settings))
     except (OSError, ValueError) as exc:

@@ -27,8 +27,8 @@ from mailcare.scope import (
     ScopeModel,
     cache_key,
     load_examples,
-    load_or_train,
 )
+from mailcare.scope_cache import load_or_train
 
 UNSURE = "unsure"
 # Mistakes listed in a report: enough to see a pattern, short enough to read.

@@ -41,14 +41,14 @@ class Engine:
     @classmethod
     def load(cls, settings: Settings, *, train: bool = True, apart: bool = False) -> Engine:
         """Templates, hours, secret and the scope model; `apart` trains a missing model in a
-        child process (the daemon's choice, see `scope.load_or_train`)."""
+        child process (the daemon's choice, see `scope_cache.load_or_train`)."""
         cfg = settings.mailcare
         templates = Templates(
             templates_dir(settings), languages=cfg.languages, default_language=cfg.default_language
         )
         model = None
         if train and settings.scope.categories:
-            from .scope import load_or_train
+            from .scope_cache import load_or_train
 
             model = load_or_train(
                 settings.scope, model_dir(settings), corrections_file(settings), apart=apart

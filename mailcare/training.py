@@ -4,7 +4,7 @@ Training needs scikit-learn; deciding does not. `fit` learns TF-IDF features and
 calibrated linear SVMs, `tables` reads off what prediction uses (vocabularies, idf,
 weights, sigmoids) as a `scope.Tables`. Only this module and `evaluate` import
 scikit-learn, so a daemon that loads a cached model never does, and one that has to train
-can do it in a child process (`train_into`) and keep its own memory small.
+can do it in a child process (`train_into`, see `scope_cache`) and keep its own memory small.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from mailcare.scope import (
     Tables,
     normalise,
     normalize,
-    write_tables,
 )
+from mailcare.scope_cache import write_tables
 
 
 def build_features() -> FeatureUnion:

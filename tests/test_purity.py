@@ -1,5 +1,6 @@
 """The pure core stays pure: no module of it imports a socket, SQLite, asyncio, the mail
-protocol libraries or the clock. Checked on the source, so a stray import fails here."""
+protocol libraries, the clock or child processes. Checked on the source, so a stray import
+fails here."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ FORBIDDEN = {
     "asyncio",
     "socket",
     "time",
+    "multiprocessing",
+    "concurrent",
+    "subprocess",
 }
 PACKAGE = Path(__file__).resolve().parents[1] / "mailcare"
 

@@ -25,9 +25,9 @@ from mailcare.scope import (
     fold,
     kind_map_for,
     load_examples,
-    load_or_train,
     rule_decision,
 )
+from mailcare.scope_cache import load_or_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIERS = ROOT / "classifiers"
@@ -386,7 +386,7 @@ def test_training_apart_keeps_scikit_learn_out_of_the_process(tmp_path: Path) ->
 import sys
 from pathlib import Path
 from mailcare.config import ScopeSection
-from mailcare.scope import load_or_train
+from mailcare.scope_cache import load_or_train
 section = ScopeSection.model_validate_json({section!r})
 model = load_or_train(section, Path({str(state)!r}), apart=True)
 decision = model.decide(subject="torta", text="vorrei una torta al cioccolato")
